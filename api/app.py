@@ -1,0 +1,47 @@
+"""The FastAPI application: lifespan, middleware, error rendering, routers.
+
+``create_app`` builds nothing but the app object; the lifespan reads settings
+and builds the services once (so importing ``api`` has no side effects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.middleware import BodyLimit, RequestId
+from api.routers import experiments, health, runs
+from controller.logs import configure_logging
+from controller.services.container import Services, build_services
+from controller.settings import Settings, load_settings
+
+DESCRIPTION = """\
+Post an experiment bundle (repository credentials, a DVC pipeline, hyperparameters
+and code); run its pipeline; get every run's results back as a git branch plus
+data in the DVC remote: `git clone -b <run branch> <repo> && dvc pull`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or load_settings()
+        configure_logging(resolved.log_level)
+        built: Services = build_services(resolved)
+        built.runs.start()
+        app.state.services = built
+        try:
+            yield
+        finally:
+            built.close()
+
+    app = FastAPI(title="mlexp-ctrl", description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(RequestId)
+    for module in (experiments, runs, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,33 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from api.deps import services
+from controller.services.container import Services
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+    profile: str
+    version: str
+
+
+@router.get("/healthz", response_model=Health)
+def healthz(svc: Annotated[Services, Depends(services)]) -> Health:
+    svc.store.list_runs(limit=1)  # the database answers
+    return Health(status="ok", profile=svc.experiments.profile, version=_version())
+
+
+def _version() -> str:
+    try:
+        return version("mlexp-ctrl")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,195 @@
+"""``POST /experiment/run``, run status, logs, cancel, and the run listing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from api.deps import Caller, Runs
+from controller.domain.bundle import parse_repo_json
+from controller.domain.errors import InvalidInput, NotFound
+from controller.domain.models import Run, RunState
+from controller.services.auth import Principal
+from controller.services.runs import RunRequest, RunService
+
+router = APIRouter(tags=["runs"])
+
+FOLLOW_POLL_SECONDS = 0.2
+LOG_CHUNK = 64 * 1024
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: str = Field(max_length=64)
+    resource: str = Field(default="local", description="local, job, sts/<name> or deploy/<name>")
+    namespace: str | None = Field(default=None, max_length=63)
+    params: dict[str, object] = Field(
+        default_factory=dict, description='Overrides by dotted key, e.g. {"train.C": 0.5}.'
+    )
+
+
+SEED_FORM = {
+    "type": "object",
+    "required": ["repo_json"],
+    "properties": {
+        "repo_json": {"type": "string", "format": "binary"},
+        "experiment_id": {"type": "string"},
+        "resource": {"type": "string", "default": "local"},
+        "namespace": {"type": "string"},
+        "params": {"type": "string", "description": "JSON object of overrides"},
+    },
+}
+
+
+@router.post(
+    "/experiment/run",
+    status_code=202,
+    response_model=Run,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": RunCreate.model_json_schema()},
+                "multipart/form-data": {"schema": SEED_FORM},
+            },
+        }
+    },
+)
+async def submit_run(request: Request, caller: Caller, runs: Runs) -> Run:
+    """Queue a run of an experiment, with parameter overrides.
+
+    JSON is the main form; the seed's multipart form (``repo_json`` + ``resource``
+    + ``namespace``) is accepted too and finds the experiment by its repository.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        run_request = await _from_seed_form(request, caller, runs)
+    else:
+        try:
+            body = RunCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        run_request = RunRequest(
+            body.experiment_id,
+            body.resource,
+            body.namespace,
+            body.params,  # type: ignore[arg-type]
+        )
+    return await run_in_threadpool(runs.submit, caller, run_request)
+
+
+async def _from_seed_form(request: Request, caller: Principal, runs: RunService) -> RunRequest:
+    form = await request.form()
+    repo_json = form.get("repo_json")
+    if not isinstance(repo_json, UploadFile):
+        raise InvalidInput("the multipart form needs a 'repo_json' file part")
+    experiment_id = _text(form.get("experiment_id"))
+    if experiment_id is None:
+        spec = parse_repo_json(await repo_json.read(), profile=runs.experiments.profile)
+        if spec.git.url is None:
+            raise InvalidInput("experiment_id is required when repo_json has no git.url")
+        found = await run_in_threadpool(
+            runs.experiments.find_by_repo, caller, spec.git.url, spec.git.branch
+        )
+        experiment_id = found.experiment_id
+    params_text = _text(form.get("params"))
+    try:
+        params = json.loads(params_text) if params_text else {}
+    except ValueError:
+        raise InvalidInput("params must be a JSON object") from None
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be a JSON object")
+    return RunRequest(
+        experiment_id, _text(form.get("resource")) or "local", _text(form.get("namespace")), params
+    )
+
+
+def _text(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _invalid(exc: ValidationError) -> InvalidInput:
+    details: list[dict[str, object]] = [
+        {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]}
+        for err in exc.errors(include_input=False, include_url=False)
+    ]
+    summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details)
+    return InvalidInput(f"invalid run request: {summary}", errors=details)
+
+
+@router.get("/runs", response_model=list[Run])
+def list_runs(
+    caller: Caller,
+    runs: Runs,
+    experiment_id: str | None = None,
+    state: Annotated[list[RunState] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[Run]:
+    return runs.list(caller, experiment_id=experiment_id, states=state, limit=limit, offset=offset)
+
+
+@router.get("/runs/{run_id}", response_model=Run)
+def get_run(caller: Caller, runs: Runs, run_id: str) -> Run:
+    return runs.get(caller, run_id)
+
+
+@router.post("/runs/{run_id}/cancel", response_model=Run)
+def cancel_run(caller: Caller, runs: Runs, run_id: str) -> Run:
+    """Stop the run and everything it started; answers once it is gone."""
+    return runs.cancel(caller, run_id)
+
+
+@router.get(
+    "/runs/{run_id}/logs",
+    response_class=PlainTextResponse,
+    response_model=None,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def run_logs(
+    caller: Caller,
+    runs: Runs,
+    run_id: str,
+    follow: bool = False,
+    offset: Annotated[int, Query(ge=0, description="Start at this byte of the log.")] = 0,
+) -> PlainTextResponse | StreamingResponse:
+    """The run's log; with ``follow=true`` it streams until the run ends."""
+    await run_in_threadpool(runs.get, caller, run_id)
+    path = runs.log_path(run_id)
+    if not follow:
+        if not path.is_file():
+            raise NotFound(f"run {run_id!r} has no log yet")
+        with path.open("rb") as log:
+            log.seek(offset)
+            return PlainTextResponse(log.read().decode(errors="replace"))
+    return StreamingResponse(_follow(runs, caller, run_id, offset), media_type="text/plain")
+
+
+async def _follow(
+    runs: RunService, caller: Principal, run_id: str, offset: int
+) -> AsyncIterator[bytes]:
+    path = runs.log_path(run_id)
+    position = offset
+    while True:
+        finished = (await run_in_threadpool(runs.get, caller, run_id)).state.terminal
+        chunk = b""
+        if path.is_file():
+            with path.open("rb") as log:
+                log.seek(position)
+                chunk = log.read(LOG_CHUNK)
+        if chunk:
+            position += len(chunk)
+            yield chunk
+            continue
+        if finished:
+            return
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)

@@ -1,0 +1,193 @@
+"""The state store: experiments and runs in SQLite (WAL) under the data dir.
+
+One connection guarded by a lock: SQLite serialises writers anyway, and the
+service's write rate (a few per run) is far below what one connection does.
+Executor bookkeeping (a local run's pid, a Job's name) lives in the run's
+``handle`` column and never leaves the service.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from controller.domain.models import Experiment, Run, RunResult, RunState, utcnow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    experiment_id TEXT NOT NULL REFERENCES experiments(experiment_id),
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    handle TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment_id, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, created_at);
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- experiments -------------------------------------------------------
+
+    def add_experiment(self, exp: Experiment) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO experiments VALUES (?, ?, ?, ?)",
+                (exp.experiment_id, exp.owner, exp.created_at.isoformat(), exp.model_dump_json()),
+            )
+
+    def get_experiment(self, experiment_id: str) -> Experiment | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM experiments WHERE experiment_id = ?", (experiment_id,)
+            ).fetchone()
+        return Experiment.model_validate_json(row[0]) if row else None
+
+    def list_experiments(
+        self, *, owner: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Experiment]:
+        query = "SELECT body FROM experiments"
+        args: list[object] = []
+        if owner is not None:
+            query += " WHERE owner = ?"
+            args.append(owner)
+        query += " ORDER BY created_at DESC, experiment_id LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [Experiment.model_validate_json(r[0]) for r in rows]
+
+    # -- runs --------------------------------------------------------------
+
+    def add_run(self, run: Run) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    run.run_id,
+                    run.experiment_id,
+                    run.owner,
+                    run.state.value,
+                    run.created_at.isoformat(),
+                    run.model_dump_json(),
+                ),
+            )
+
+    def get_run(self, run_id: str) -> Run | None:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return Run.model_validate_json(row[0]) if row else None
+
+    def list_runs(
+        self,
+        *,
+        experiment_id: str | None = None,
+        states: list[RunState] | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if experiment_id is not None:
+            clauses.append("experiment_id = ?")
+            args.append(experiment_id)
+        if states:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            args += [s.value for s in states]
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT body FROM runs{where} ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?"  # noqa: S608 - clauses are fixed strings
+        with self._lock:
+            rows = self._db.execute(query, [*args, limit, offset]).fetchall()
+        return [Run.model_validate_json(r[0]) for r in rows]
+
+    def transition(
+        self,
+        run_id: str,
+        state: RunState,
+        *,
+        reason: str | None = None,
+        result: RunResult | None = None,
+        only_from: tuple[RunState, ...] | None = None,
+    ) -> Run | None:
+        """Move a run to ``state``; returns the new record, or None if ``only_from`` refused it.
+
+        A terminal state is final: no transition leaves it.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            run = Run.model_validate_json(row[0])
+            if run.state.terminal or (only_from is not None and run.state not in only_from):
+                return None
+            now = utcnow()
+            changes: dict[str, object] = {"state": state, "reason": reason}
+            if state is RunState.RUNNING and run.started_at is None:
+                changes["started_at"] = now
+            if state.terminal:
+                changes["finished_at"] = now
+            if result is not None:
+                changes["result"] = result
+            updated = run.model_copy(update=changes)
+            db.execute(
+                "UPDATE runs SET state = ?, body = ? WHERE run_id = ?",
+                (state.value, updated.model_dump_json(), run_id),
+            )
+        return updated
+
+    def set_handle(self, run_id: str, handle: dict[str, object]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET handle = ? WHERE run_id = ?", (json.dumps(handle), run_id))
+
+    def get_handle(self, run_id: str) -> dict[str, object] | None:
+        with self._lock:
+            row = self._db.execute("SELECT handle FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        handle = json.loads(row[0])
+        return handle if isinstance(handle, dict) else None
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)

@@ -1,0 +1,49 @@
+"""Executors run the runner somewhere: a local process now, Kubernetes later.
+
+They share one small interface, :class:`Executor`; the run service drives it
+and owns the run's state. An executor never touches the state store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+Handle = dict[str, object]
+"""What an executor needs to find its run again after a restart (JSON-serialisable)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a runner ended, as it reported in its status file."""
+
+    state: Literal["succeeded", "failed"]
+    reason: str | None = None
+    commit: str | None = None
+    metrics_files: Mapping[str, str] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    def launch(
+        self, run_id: str, spec: Mapping[str, object], env: Mapping[str, str], log_path: Path
+    ) -> Handle:
+        """Start the runner; returns once it is started."""
+        ...
+
+    def wait(self, handle: Handle) -> Outcome:
+        """Block until the runner ends (works for a runner adopted after a restart)."""
+        ...
+
+    def is_active(self, handle: Handle) -> bool: ...
+
+    def outcome(self, handle: Handle) -> Outcome:
+        """What a runner that is no longer active reported (or why it reported nothing)."""
+        ...
+
+    def cancel(self, handle: Handle) -> bool:
+        """Stop the runner and everything it started; True once all of it is gone."""
+        ...
+
+    def cleanup(self, handle: Handle) -> None: ...

@@ -1,0 +1,140 @@
+"""The local executor: the runner as a child process group on this machine.
+
+Each run gets its own work dir (``<data_dir>/work/<run_id>``) holding the
+spec, the clone and the runner's ``status.json``. The runner leads its own
+process group, so cancelling kills the pipeline's processes too. After a
+service restart the (pid, start time) pair tells whether a runner is still the
+one we started; its status file tells how it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from controller import runner
+from controller.adapters import processes
+from controller.executors import Handle, Outcome
+
+# Variables a pipeline may legitimately need from the service's environment.
+# Everything else (notably MLEXP_* settings and tokens) stays in the service.
+PASSTHROUGH_ENV = (
+    "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)  # fmt: skip
+POLL_SECONDS = 0.1
+
+
+class LocalExecutor:
+    def __init__(self, work_root: Path, *, cancel_grace: float = 5.0, keep_workdirs: bool = False):
+        self.work_root = work_root
+        self.cancel_grace = cancel_grace
+        self.keep_workdirs = keep_workdirs
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def launch(
+        self, run_id: str, spec: Mapping[str, object], env: Mapping[str, str], log_path: Path
+    ) -> Handle:
+        workdir = self.work_root / run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec_path = workdir / "spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    runner.__file__,
+                    "--spec",
+                    str(spec_path),
+                    "--workdir",
+                    str(workdir),
+                ],
+                cwd=workdir,
+                env=self._environment(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        with self._lock:
+            self._children[child.pid] = child
+        return {
+            "kind": "local",
+            "pid": child.pid,
+            "ticks": processes.start_ticks(child.pid),
+            "workdir": str(workdir),
+        }
+
+    def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
+        env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+        # The service's interpreter (with dvc and the workload's packages) comes first.
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra)
+        return env
+
+    def wait(self, handle: Handle) -> Outcome:
+        pid = _int(handle["pid"])
+        with self._lock:
+            child = self._children.get(pid)
+        if child is not None:
+            child.wait()
+            with self._lock:
+                self._children.pop(pid, None)
+        else:
+            while self.is_active(handle):
+                time.sleep(POLL_SECONDS)
+        return self.outcome(handle)
+
+    def is_active(self, handle: Handle) -> bool:
+        ticks = handle.get("ticks")
+        return processes.is_alive(_int(handle["pid"]), _int(ticks) if ticks is not None else None)
+
+    def outcome(self, handle: Handle) -> Outcome:
+        status_path = Path(str(handle["workdir"])) / runner.STATUS_FILE
+        try:
+            status = json.loads(status_path.read_text())
+        except (OSError, ValueError):
+            return Outcome("failed", reason="the runner ended without reporting a status")
+        if status.get("state") == "succeeded":
+            return Outcome(
+                "succeeded",
+                commit=str(status.get("commit")),
+                metrics_files=dict(status.get("metrics_files") or {}),
+            )
+        if status.get("state") == "failed":
+            return Outcome("failed", reason=str(status.get("error") or "the runner failed"))
+        step = status.get("step") or "an unknown step"
+        return Outcome("failed", reason=f"the runner stopped during {step} without finishing")
+
+    def cancel(self, handle: Handle) -> bool:
+        pgid = _int(handle["pid"])
+        if not self.is_active(handle) and not processes.group_alive(pgid):
+            return True
+        processes.kill_group(pgid, signal.SIGTERM)
+        if processes.wait_group_gone(pgid, self.cancel_grace):
+            return True
+        processes.kill_group(pgid, signal.SIGKILL)
+        return processes.wait_group_gone(pgid, 10.0)
+
+    def cleanup(self, handle: Handle) -> None:
+        if not self.keep_workdirs:
+            shutil.rmtree(str(handle["workdir"]), ignore_errors=True)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    return int(str(value))

@@ -1,0 +1,101 @@
+"""Plan a run: the runner's spec, its credential environment, the result to report.
+
+Pure functions: ids, paths and texts come in, plain data goes out.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+
+from controller.domain.bundle import RepoSpec, is_local_url
+from controller.domain.errors import InvalidInput
+from controller.domain.models import Experiment, JsonValue, Run, RunResult
+from controller.domain.naming import run_branch
+from controller.domain.params import apply_overrides
+from controller.domain.safeyaml import dump_yaml, load_yaml
+
+
+def runner_spec(
+    *, run: Run, experiment: Experiment, cache_dir: str | None = None
+) -> dict[str, object]:
+    """What the runner needs to run and publish ``run`` (no credentials: those are env)."""
+    params = apply_overrides(experiment.params, run.params)
+    overrides = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(run.params.items()))
+    return {
+        "run_id": run.run_id,
+        "experiment_id": experiment.experiment_id,
+        "repo_url": experiment.git_url,
+        "base_branch": experiment.branch,
+        "base_commit": experiment.commit,
+        "branch": run_branch(run.run_id),
+        "files": {"params.yaml": dump_yaml(params)} if run.params else {},
+        "metrics_files": list(experiment.metrics_files),
+        "message": f"mlexp run {run.run_id}" + (f"\n\nparams: {overrides}" if overrides else ""),
+        "cache_dir": cache_dir,
+    }
+
+
+def credential_env(spec: RepoSpec, *, git_ca_bundle: str | None = None) -> dict[str, str]:
+    """The environment variables through which the runner gets its credentials."""
+    env: dict[str, str] = {}
+    if spec.git.token is not None:
+        env["MLEXP_GIT_TOKEN"] = spec.git.token.get_secret_value()
+        env["MLEXP_GIT_USERNAME"] = spec.git.username or "git"
+    if git_ca_bundle:
+        env["MLEXP_GIT_CA_BUNDLE"] = git_ca_bundle
+    storage = spec.storage
+    if storage is not None:
+        if storage.access_key_id is not None:
+            env["AWS_ACCESS_KEY_ID"] = storage.access_key_id.get_secret_value()
+        if storage.secret_access_key is not None:
+            env["AWS_SECRET_ACCESS_KEY"] = storage.secret_access_key.get_secret_value()
+        if storage.region:
+            env["AWS_DEFAULT_REGION"] = storage.region
+    return env
+
+
+def dvc_config(*, remote: str, url: str, endpoint_url: str | None, region: str | None) -> str:
+    """The committed ``.dvc/config``: where the data goes, never how to authenticate."""
+    lines = ["[core]", f"    remote = {remote}", f"['remote \"{remote}\"']", f"    url = {url}"]
+    if endpoint_url:
+        lines.append(f"    endpointurl = {endpoint_url}")
+    if region:
+        lines.append(f"    region = {region}")
+    return "\n".join(lines) + "\n"
+
+
+DVC_GITIGNORE = "/config.local\n/tmp\n/cache\n"
+
+
+def run_result(
+    *, run: Run, experiment: Experiment, commit: str, metrics_files: Mapping[str, str]
+) -> RunResult:
+    branch = run_branch(run.run_id)
+    metrics: dict[str, JsonValue] = {}
+    for path, text in metrics_files.items():
+        try:
+            metrics[path] = _as_json(load_yaml(text, source=path))
+        except InvalidInput as exc:
+            metrics[path] = {"error": exc.detail}
+    return RunResult(
+        git_url=experiment.git_url,
+        branch=branch,
+        commit=commit,
+        metrics=metrics,
+        clone_command=clone_command(experiment.git_url, branch, run.run_id),
+    )
+
+
+def clone_command(git_url: str, branch: str, directory: str) -> str:
+    url = git_url.removeprefix("file://") if is_local_url(git_url) else git_url
+    return (
+        f"git clone -b {shlex.quote(branch)} {shlex.quote(url)} {shlex.quote(directory)}"
+        f" && cd {shlex.quote(directory)} && dvc pull"
+    )
+
+
+def _as_json(value: object) -> JsonValue:
+    """Metrics as JSON values (YAML may hold dates or other non-JSON scalars)."""
+    return json.loads(json.dumps(value, default=str))  # type: ignore[no-any-return]

@@ -1,0 +1,171 @@
+"""Use case: turn an experiment bundle into a versioned experiment repository.
+
+Everything is validated before anything is written; if publishing fails,
+whatever this call created (a local bare repo, a secret file) is removed again,
+so a rejected bundle leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from controller.adapters import gitrepo
+from controller.adapters.secrets import LocalSecretStore
+from controller.adapters.store import Store
+from controller.domain.bundle import Profile, RepoSpec, parse_repo_json
+from controller.domain.errors import InvalidBundle, NotFound
+from controller.domain.models import Experiment, JsonValue, utcnow
+from controller.domain.naming import new_id
+from controller.domain.paths import validate_repo_path
+from controller.domain.pipeline import Pipeline, parse_pipeline
+from controller.domain.safeyaml import dump_yaml, load_yaml
+from controller.planning.runs import DVC_GITIGNORE, dvc_config
+from controller.services.auth import Principal
+from controller.settings import Settings
+
+log = logging.getLogger("mlexp.experiments")
+
+MAX_FILES = 500
+
+
+@dataclass(frozen=True)
+class BundleUpload:
+    repo_json: bytes
+    dvc_yaml: bytes
+    hyperparams: bytes
+    files: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ValidBundle:
+    spec: RepoSpec
+    pipeline: Pipeline
+    params: dict[str, JsonValue]
+    files: dict[str, bytes]
+
+
+class ExperimentService:
+    def __init__(
+        self, settings: Settings, store: Store, secrets: LocalSecretStore, profile: Profile
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.secrets = secrets
+        self.profile = profile
+
+    def validate(self, upload: BundleUpload) -> ValidBundle:
+        """All checks, no I/O: a bundle that passes is one DVC would run."""
+        spec = parse_repo_json(upload.repo_json, profile=self.profile)
+        params = _params(upload.hyperparams, limit=self.settings.max_yaml_bytes)
+        files: dict[str, bytes] = {}
+        if len(upload.files) > MAX_FILES:
+            raise InvalidBundle(f"at most {MAX_FILES} files are accepted")
+        for name, data in upload.files:
+            path = validate_repo_path(name)
+            if path in files:
+                raise InvalidBundle(f"file {path!r} was uploaded twice")
+            files[path] = data
+        pipeline = parse_pipeline(upload.dvc_yaml, files=files, params=params)
+        return ValidBundle(spec=spec, pipeline=pipeline, params=params, files=files)
+
+    def create(self, principal: Principal, upload: BundleUpload) -> Experiment:
+        bundle = self.validate(upload)
+        experiment_id = new_id("exp")
+        spec = bundle.spec
+        created_repo = None
+        git_url = spec.git.url
+        if git_url is None:
+            created_repo = self.settings.repos_dir / f"{experiment_id}.git"
+            gitrepo.init_bare(created_repo, spec.git.branch)
+            git_url = str(created_repo)
+        dvc_url = spec.dvc.url or str(self.settings.remotes_dir / experiment_id)
+        storage = spec.storage
+        repo_files = dict(bundle.files)
+        repo_files["dvc.yaml"] = upload.dvc_yaml
+        repo_files["params.yaml"] = dump_yaml(bundle.params).encode()
+        repo_files[".dvc/config"] = dvc_config(
+            remote=spec.dvc.remote,
+            url=dvc_url,
+            endpoint_url=storage.endpoint_url if storage else None,
+            region=storage.region if storage else None,
+        ).encode()
+        repo_files[".dvc/.gitignore"] = DVC_GITIGNORE.encode()
+        repo_files.setdefault(".dvcignore", b"")
+        access = gitrepo.GitAccess(
+            url=git_url,
+            username=spec.git.username,
+            token=spec.git.token.get_secret_value() if spec.git.token else None,
+            ca_bundle=str(self.settings.git_ca_bundle) if self.settings.git_ca_bundle else None,
+        )
+        try:
+            commit = gitrepo.publish(
+                access,
+                branch=spec.git.branch,
+                files=repo_files,
+                author=(spec.git.author.name, spec.git.author.email),
+                message=f"mlexp experiment {experiment_id}",
+                base_env=os.environ,
+            )
+            experiment = Experiment(
+                experiment_id=experiment_id,
+                owner=principal.name,
+                git_url=git_url,
+                branch=spec.git.branch,
+                commit=commit,
+                dvc_remote=spec.dvc.remote,
+                dvc_url=dvc_url,
+                stages=list(bundle.pipeline.order),
+                metrics_files=list(bundle.pipeline.metrics_files),
+                params=bundle.params,
+                created_at=utcnow(),
+            )
+            self.secrets.put(experiment_id, spec)
+            self.store.add_experiment(experiment)
+        except BaseException:
+            self.secrets.delete(experiment_id)
+            if created_repo is not None:
+                shutil.rmtree(created_repo, ignore_errors=True)
+            raise
+        log.info(
+            "experiment created",
+            extra={"experiment_id": experiment_id, "commit": commit, "owner": principal.name},
+        )
+        return experiment
+
+    def get(self, principal: Principal, experiment_id: str) -> Experiment:
+        experiment = self.store.get_experiment(experiment_id)
+        if experiment is None or not principal.may_see(experiment.owner):
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        return experiment
+
+    def list(self, principal: Principal, *, limit: int, offset: int) -> list[Experiment]:
+        owner = None if principal.admin else principal.name
+        return self.store.list_experiments(owner=owner, limit=limit, offset=offset)
+
+    def find_by_repo(self, principal: Principal, git_url: str, branch: str) -> Experiment:
+        """The newest experiment on this repository and branch (the seed's run form)."""
+        for experiment in self.store.list_experiments(
+            owner=None if principal.admin else principal.name, limit=100_000
+        ):
+            if experiment.git_url == git_url and experiment.branch == branch:
+                return experiment
+        raise NotFound(f"no experiment uses {git_url} (branch {branch}); create one first")
+
+    def credentials(self, experiment_id: str) -> RepoSpec:
+        spec = self.secrets.get(experiment_id)
+        if spec is None:
+            raise NotFound(f"credentials of experiment {experiment_id!r} are missing")
+        return spec
+
+
+def _params(data: bytes, *, limit: int) -> dict[str, JsonValue]:
+    parsed = load_yaml(data, source="hyperparams_file", max_bytes=limit)
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise InvalidBundle("hyperparams_file must hold a mapping of parameters")
+    return parsed  # type: ignore[return-value]

@@ -1,0 +1,287 @@
+"""Use cases for runs: submit, track, cancel, and re-attach after a restart.
+
+The service owns each run's state; executors only start, wait for and stop
+runners. A dispatcher thread starts queued runs while fewer than
+``max_concurrent_runs`` are active; one thread per active run waits for its
+runner and records how it ended. Runners are separate process groups, so
+stopping the service does not stop them: on start, :meth:`RunService.start`
+adopts those still alive and settles those that ended meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.adapters.store import Store
+from controller.domain.errors import Conflict, ExternalError, InvalidInput, NotFound
+from controller.domain.models import JsonValue, Run, RunState, utcnow
+from controller.domain.naming import new_id
+from controller.domain.params import apply_overrides
+from controller.domain.resources import parse_resource
+from controller.executors import Executor, Handle, Outcome
+from controller.planning.runs import credential_env, run_result, runner_spec
+from controller.services.auth import Principal
+from controller.services.experiments import ExperimentService
+from controller.settings import Settings
+
+log = logging.getLogger("mlexp.runs")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    experiment_id: str
+    resource: str = "local"
+    namespace: str | None = None
+    params: Mapping[str, JsonValue] | None = None
+
+
+class RunService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        experiments: ExperimentService,
+        executor: Executor,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.experiments = experiments
+        self.executor = executor
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._slots = threading.Semaphore(settings.max_concurrent_runs)
+        self._launching = threading.Lock()
+        self._cancelling: set[str] = set()
+        self._stopping = threading.Event()
+        self._dispatcher: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.reconcile()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="mlexp-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+
+    def stop(self) -> None:
+        """Stop dispatching; running runners go on and are adopted at the next start."""
+        self._stopping.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=5)
+
+    def reconcile(self) -> None:
+        for run in reversed(self.store.list_runs(states=[RunState.RUNNING], limit=100_000)):
+            handle = self.store.get_handle(run.run_id)
+            if handle is None:
+                self._finish(
+                    run.run_id,
+                    Outcome("failed", reason="the service stopped before the runner started"),
+                )
+            elif self.executor.is_active(handle):
+                self.note(run.run_id, "service restarted; re-attached to the running runner")
+                log.info("run adopted", extra={"run_id": run.run_id})
+                # Adopted runs count against the limit when a slot is free; they run anyway.
+                self._spawn_follower(run.run_id, handle, self._slots.acquire(blocking=False))
+            else:
+                outcome = self.executor.outcome(handle)
+                if outcome.state == "failed":
+                    outcome = Outcome(
+                        "failed",
+                        reason=f"runner ended while the service was down: {outcome.reason}",
+                    )
+                self._finish(run.run_id, outcome)
+                self.executor.cleanup(handle)
+        for run in reversed(self.store.list_runs(states=[RunState.QUEUED], limit=100_000)):
+            self._queue.put(run.run_id)
+
+    # -- use cases ---------------------------------------------------------
+
+    def submit(self, principal: Principal, request: RunRequest) -> Run:
+        experiment = self.experiments.get(principal, request.experiment_id)
+        resource = parse_resource(request.resource)
+        if resource.kind != "local":
+            raise InvalidInput(
+                f"resource {str(resource)!r} runs on Kubernetes, which this service is not "
+                "configured for; use resource 'local'"
+            )
+        params = dict(request.params or {})
+        apply_overrides(experiment.params, params)  # refuse bad overrides before recording
+        run = Run(
+            run_id=new_id("run"),
+            experiment_id=experiment.experiment_id,
+            owner=principal.name,
+            resource=str(resource),
+            namespace=request.namespace,
+            params=params,
+            state=RunState.QUEUED,
+            created_at=utcnow(),
+        )
+        self.store.add_run(run)
+        self.note(
+            run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
+        )
+        log.info(
+            "run queued", extra={"run_id": run.run_id, "experiment_id": experiment.experiment_id}
+        )
+        self._queue.put(run.run_id)
+        return run
+
+    def get(self, principal: Principal, run_id: str) -> Run:
+        run = self.store.get_run(run_id)
+        if run is None or not principal.may_see(run.owner):
+            raise NotFound(f"run {run_id!r} does not exist")
+        return run
+
+    def list(
+        self,
+        principal: Principal,
+        *,
+        experiment_id: str | None,
+        states: list[RunState] | None,
+        limit: int,
+        offset: int,
+    ) -> list[Run]:
+        owner = None if principal.admin else principal.name
+        return self.store.list_runs(
+            experiment_id=experiment_id, states=states, owner=owner, limit=limit, offset=offset
+        )
+
+    def cancel(self, principal: Principal, run_id: str) -> Run:
+        """Stop a run; returns once its runner and everything it started are gone."""
+        run = self.get(principal, run_id)
+        if run.state.terminal:
+            raise Conflict(f"run {run_id!r} has already {run.state.value}")
+        reason = f"cancelled by {principal.name}"
+        cancelled = self.store.transition(
+            run_id, RunState.CANCELLED, reason=reason, only_from=(RunState.QUEUED,)
+        )
+        if cancelled is not None:
+            self.note(run_id, "run cancelled before it started")
+            return cancelled
+        self._cancelling.add(run_id)
+        try:
+            with self._launching:
+                handle = self.store.get_handle(run_id)
+            if handle is not None and not self.executor.cancel(handle):
+                raise ExternalError(f"run {run_id!r} could not be stopped; it may still be running")
+            self.store.transition(run_id, RunState.CANCELLED, reason=reason)
+            self.note(run_id, reason)
+            log.info("run cancelled", extra={"run_id": run_id, "by": principal.name})
+        finally:
+            self._cancelling.discard(run_id)
+        return self.get(principal, run_id)
+
+    def log_path(self, run_id: str) -> Path:
+        return self.settings.logs_dir / f"{run_id}.log"
+
+    def note(self, run_id: str, message: str) -> None:
+        """A line of the service's own in the run's log, beside the runner's output."""
+        path = self.log_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        with path.open("a") as out:
+            out.write(f"[mlexp {stamp}] {message}\n")
+
+    # -- machinery ---------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                run_id = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            while not self._slots.acquire(timeout=0.2):
+                if self._stopping.is_set():
+                    return
+            try:
+                self._launch(run_id)
+            except Exception:
+                log.exception("run launch failed", extra={"run_id": run_id})
+                self._slots.release()
+
+    def _launch(self, run_id: str) -> None:
+        run = self.store.get_run(run_id)
+        if run is None or run.state is not RunState.QUEUED:
+            self._slots.release()
+            return
+        experiment = self.store.get_experiment(run.experiment_id)
+        assert experiment is not None
+        with self._launching:
+            if (
+                self.store.transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
+                is None
+            ):
+                self._slots.release()
+                return
+            try:
+                spec = runner_spec(
+                    run=run, experiment=experiment, cache_dir=str(self.settings.cache_dir)
+                )
+                ca = self.settings.git_ca_bundle
+                env = credential_env(
+                    self.experiments.credentials(experiment.experiment_id),
+                    git_ca_bundle=str(ca) if ca else None,
+                )
+                handle = self.executor.launch(run_id, spec, env, self.log_path(run_id))
+                self.store.set_handle(run_id, handle)
+            except Exception as exc:
+                log.exception("runner did not start", extra={"run_id": run_id})
+                self._finish(
+                    run_id,
+                    Outcome("failed", reason=f"the runner did not start: {type(exc).__name__}"),
+                )
+                self._slots.release()
+                return
+        self.note(run_id, "run started")
+        self._spawn_follower(run_id, handle, holds_slot=True)
+
+    def _spawn_follower(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
+        thread = threading.Thread(
+            target=self._follow,
+            args=(run_id, handle, holds_slot),
+            name=f"mlexp-{run_id}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _follow(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
+        try:
+            outcome = self.executor.wait(handle)
+            # A run being cancelled is settled by cancel(), once its processes are gone.
+            if run_id not in self._cancelling or outcome.state == "succeeded":
+                self._finish(run_id, outcome)
+            self.executor.cleanup(handle)
+        except Exception:
+            log.exception("following run failed", extra={"run_id": run_id})
+            self._finish(run_id, Outcome("failed", reason="the service lost track of the runner"))
+        finally:
+            if holds_slot:
+                self._slots.release()
+
+    def _finish(self, run_id: str, outcome: Outcome) -> None:
+        run = self.store.get_run(run_id)
+        if run is None:
+            return
+        if outcome.state == "succeeded" and outcome.commit:
+            experiment = self.store.get_experiment(run.experiment_id)
+            assert experiment is not None
+            result = run_result(
+                run=run,
+                experiment=experiment,
+                commit=outcome.commit,
+                metrics_files=outcome.metrics_files,
+            )
+            if self.store.transition(run_id, RunState.SUCCEEDED, result=result):
+                self.note(run_id, f"run succeeded: {result.branch} at {result.commit}")
+                log.info("run succeeded", extra={"run_id": run_id, "commit": result.commit})
+            return
+        reason = outcome.reason or "the runner failed"
+        if self.store.transition(run_id, RunState.FAILED, reason=reason):
+            self.note(run_id, f"run failed: {reason}")
+            log.info("run failed", extra={"run_id": run_id, "reason": reason})

@@ -1,0 +1,103 @@
+"""Service settings: environment variables prefixed ``MLEXP_`` and ``config/server.yaml``.
+
+Nothing is read at import time; :func:`load_settings` is called once by the
+app's lifespan (and by the CLI), so a bad setting stops the service at start-up
+with a clear message instead of failing a request later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings.sources import PydanticBaseSettingsSource
+
+DEFAULT_CONFIG_FILE = Path("config/server.yaml")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; env wins over ``config/server.yaml``."""
+
+    model_config = SettingsConfigDict(env_prefix="MLEXP_", extra="forbid")
+
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Where the state database, run logs, work dirs and local repos live.",
+    )
+    config_file: Path = Field(default=DEFAULT_CONFIG_FILE, description="Server settings YAML.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    tokens_file: Path | None = Field(
+        default=None,
+        description="YAML of bearer tokens (token -> name, namespaces). Unset: loopback only.",
+    )
+    max_concurrent_runs: int = Field(default=2, ge=1, le=256)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_yaml_bytes: int = Field(default=1024 * 1024, ge=1024)
+    keep_workdirs: bool = Field(
+        default=False, description="Keep a finished run's work dir (for debugging)."
+    )
+    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    log_level: str = "INFO"
+    # Only meaningful in tests and demos on one machine; never needed in production.
+    git_ca_bundle: Path | None = Field(
+        default=None, description="CA bundle for https git remotes (sets GIT_SSL_CAINFO)."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Optional bearer token with access to every namespace."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file_from(init_settings, env_settings)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file.is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.data_dir / "repos"
+
+    @property
+    def remotes_dir(self) -> Path:
+        return self.data_dir / "remotes"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "dvc-cache"
+
+
+def _config_file_from(*sources: PydanticBaseSettingsSource) -> Path:
+    for source in sources:
+        value = source().get("config_file")
+        if value:
+            return Path(str(value))
+    return DEFAULT_CONFIG_FILE
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; the data dir is made absolute so child processes agree."""
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings.data_dir = settings.data_dir.resolve()
+    return settings
