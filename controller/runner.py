@@ -71,7 +71,8 @@ def git_environment(base: Mapping[str, str]) -> dict[str, str]:
         config.append(("http.extraHeader", f"Authorization: Basic {basic}"))
     ca_bundle = env.get("MLEXP_GIT_CA_BUNDLE")
     if ca_bundle:
-        config.append(("http.sslCAInfo", ca_bundle))
+        # The variable, not http.sslCAInfo: a GIT_SSL_CAINFO in the environment would win.
+        env["GIT_SSL_CAINFO"] = ca_bundle
     offset = int(env.get("GIT_CONFIG_COUNT", "0") or "0")
     for index, (key, value) in enumerate(config, start=offset):
         env[f"GIT_CONFIG_KEY_{index}"] = key

@@ -78,3 +78,18 @@ def start(http: httpx.Client, experiment_id: object, **params: object) -> str:
     )
     assert response.status_code == 202, response.text
     return str(response.json()["run_id"])
+
+
+GATED_DVC = """\
+stages:
+  gated:
+    cmd: >-
+      python -c "import pathlib, time, yaml;
+      gate = pathlib.Path(yaml.safe_load(open('params.yaml'))['gate']);
+      pathlib.Path('started').write_text('x');
+      [time.sleep(0.05) for _ in iter(gate.exists, True)];
+      pathlib.Path('done').write_text('ok')"
+    params: [gate]
+    outs: [done]
+"""
+"""A stage that starts, then waits until the file named by ``gate`` exists."""
