@@ -168,4 +168,22 @@ def _params(data: bytes, *, limit: int) -> dict[str, JsonValue]:
         return {}
     if not isinstance(parsed, dict):
         raise InvalidBundle("hyperparams_file must hold a mapping of parameters")
-    return parsed  # type: ignore[return-value]
+    _check_json_compatible(parsed, "params")
+    return parsed
+
+
+def _check_json_compatible(value: object, where: str) -> None:
+    """Params travel as JSON (API, overrides); YAML dates or non-string keys would not."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidBundle(f"hyperparams_file: key {key!r} in {where} is not a string")
+            _check_json_compatible(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_compatible(item, f"{where}.{index}")
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise InvalidBundle(
+            f"hyperparams_file: {where} is a {type(value).__name__}; use a string, number, "
+            "boolean, list or mapping"
+        )

@@ -89,6 +89,8 @@ BAD_BUNDLES = {
     "deep yaml": small_parts(QUICK_DVC, params="x: " + "[" * 500 + "]" * 500 + "\n"),
     "params not a mapping": small_parts(QUICK_DVC, params="- 1\n- 2\n"),
     "stage param missing": small_parts(QUICK_DVC, params="y: 1\n"),
+    "params with a date": small_parts(QUICK_DVC, params="x: 1\nwhen: 2026-01-01\n"),
+    "params with an int key": small_parts(QUICK_DVC, params="x: {1: a}\n"),
 }
 
 
