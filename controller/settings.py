@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 from pydantic_settings.sources import PydanticBaseSettingsSource
 
@@ -40,12 +40,8 @@ class Settings(BaseSettings):
     )
     cancel_grace_seconds: float = Field(default=5.0, ge=0)
     log_level: str = "INFO"
-    # Only meaningful in tests and demos on one machine; never needed in production.
     git_ca_bundle: Path | None = Field(
         default=None, description="CA bundle for https git remotes (sets GIT_SSL_CAINFO)."
-    )
-    admin_token: SecretStr | None = Field(
-        default=None, description="Optional bearer token with access to every namespace."
     )
 
     @classmethod

@@ -1,0 +1,36 @@
+# Sourced by scripts/demo and scripts/test: make .venv match uv.lock, installing uv if needed.
+# Needs only Python 3.11 and git on the machine; everything else comes from the lock file.
+
+UV_VERSION=0.13.9
+export UV_PYTHON_DOWNLOADS=never   # use the machine's Python 3.11, never fetch one
+export DVC_NO_ANALYTICS=1
+
+find_python() {
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  echo "error: Python 3.11 is required (python3.11 or python3 on PATH)" >&2
+  return 1
+}
+
+ensure_uv() {
+  if command -v uv >/dev/null 2>&1; then UV=$(command -v uv); return 0; fi
+  local tools="${XDG_CACHE_HOME:-$HOME/.cache}/mlexp-ctrl/tools"
+  if [ ! -x "$tools/bin/uv" ]; then
+    echo "==> installing uv $UV_VERSION into $tools" >&2
+    "$PYTHON" -m venv "$tools"
+    "$tools/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  fi
+  UV="$tools/bin/uv"
+}
+
+ensure_venv() {
+  PYTHON=$(find_python)
+  ensure_uv
+  echo "==> syncing .venv with uv.lock" >&2
+  "$UV" sync --frozen --all-extras --python "$PYTHON" --quiet
+  export PATH="$PWD/.venv/bin:$PATH"
+}
