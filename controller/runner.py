@@ -239,7 +239,8 @@ class Runner:
 
 
 def log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     sys.stdout.write(f"[mlexp {stamp}] {message}\n")
     sys.stdout.flush()
 

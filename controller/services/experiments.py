@@ -68,6 +68,8 @@ class ExperimentService:
             path = validate_repo_path(name)
             if path in files:
                 raise InvalidBundle(f"file {path!r} was uploaded twice")
+            if path.endswith(".dvc"):
+                _check_pointer_file(path, data, limit=self.settings.max_yaml_bytes)
             files[path] = data
         pipeline = parse_pipeline(upload.dvc_yaml, files=files, params=params)
         return ValidBundle(spec=spec, pipeline=pipeline, params=params, files=files)
@@ -170,6 +172,16 @@ def _params(data: bytes, *, limit: int) -> dict[str, JsonValue]:
         raise InvalidBundle("hyperparams_file must hold a mapping of parameters")
     _check_json_compatible(parsed, "params")
     return parsed
+
+
+def _check_pointer_file(path: str, data: bytes, *, limit: int) -> None:
+    """A ``.dvc`` file may point at data; an old-style one with ``cmd`` would add a stage
+    that dvc.yaml's checks never saw."""
+    parsed = load_yaml(data, source=path, max_bytes=limit)
+    if isinstance(parsed, dict) and "cmd" in parsed:
+        raise InvalidBundle(
+            f"{path}: .dvc files with 'cmd' are not accepted; put stages in dvc.yaml"
+        )
 
 
 def _check_json_compatible(value: object, where: str) -> None:

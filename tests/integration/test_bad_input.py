@@ -72,6 +72,7 @@ BAD_BUNDLES = {
     ".git file name": with_file(".git/hooks/post-checkout"),
     ".dvc file name": with_file(".dvc/config"),
     "dvc.yaml as a file": with_file("dvc.yaml"),
+    "old-style .dvc stage": with_file("data.dvc", b"cmd: touch /tmp/x\nouts:\n- path: x\n"),
     "cycle": small_parts(
         "stages:\n"
         "  a: {cmd: x, deps: [b.txt], outs: [a.txt]}\n"

@@ -1,0 +1,95 @@
+"""Parse ``dvc.yaml`` the way DVC 3 would, and check its stage graph.
+
+:func:`parse_pipeline` is pure: it reads only the bytes it is given (the
+pipeline, the uploaded files and the parsed ``params.yaml``) and never imports
+DVC, which is slow to import and does I/O. It follows DVC's own rules, read
+from ``dvc/schema.py``, ``dvc/parsing/`` and ``dvc/stage/``, in this order:
+
+1. ``schema``     -- the raw file's shape, before any ``${...}`` is resolved;
+2. ``variables``  -- ``params.yaml`` and ``vars`` become the interpolation context;
+3. ``expand``     -- ``foreach``/``matrix`` expansion (names in ``iteration``)
+   and ``${...}`` interpolation (``interpolation``);
+4. ``build``      -- repo-relative paths, outputs, declared parameters;
+5. ``params``     -- every declared parameter exists in its file;
+6. ``graph``      -- duplicate/overlapping outputs, self-dependencies, cycles,
+   and an execution order.
+
+Every refusal is an :class:`~controller.domain.errors.InvalidPipeline` whose
+``stages`` names the stages involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from controller.domain.errors import InvalidInput, InvalidPipeline
+from controller.domain.pipeline.build import ParamsUse, build_stage
+from controller.domain.pipeline.expand import expand_stages
+from controller.domain.pipeline.graph import (
+    OutputIndex,
+    execution_order,
+    stage_graph,
+    unprovided_dependencies,
+)
+from controller.domain.pipeline.interpolation import Budget
+from controller.domain.pipeline.model import Output, OutputKind, Pipeline, Stage
+from controller.domain.pipeline.params import resolve_params
+from controller.domain.pipeline.schema import check_stage_definition, check_top_level
+from controller.domain.pipeline.sources import Sources
+from controller.domain.pipeline.toplevel import check_vars_section, top_level_metrics
+from controller.domain.pipeline.variables import ContextError, Variables
+from controller.domain.safeyaml import load_yaml
+
+__all__ = ["Output", "OutputKind", "Pipeline", "Stage", "parse_pipeline"]
+
+
+def parse_pipeline(
+    dvc_yaml: str | bytes, *, files: Mapping[str, bytes], params: Mapping[str, object]
+) -> Pipeline:
+    """Parse and check a pipeline; ``files`` are the other uploads by repo path."""
+    try:
+        document = load_yaml(dvc_yaml, source="dvc.yaml")
+    except InvalidInput as exc:
+        raise InvalidPipeline(exc.detail) from None
+    raw_stages = check_top_level(document)
+    assert isinstance(document, Mapping)
+    for name, definition in raw_stages.items():
+        check_stage_definition(name, definition)
+
+    sources = Sources(files, params)
+    try:
+        variables = Variables.for_pipeline(check_vars_section(document), sources)
+    except ContextError as exc:
+        raise InvalidPipeline(f"dvc.yaml: 'vars': {exc}") from None
+    budget = Budget()
+    top_metrics = top_level_metrics(document, variables.data, budget)
+    resolved, warnings = expand_stages(raw_stages, variables, sources, budget)
+
+    built = [build_stage(stage) for stage in resolved]
+    index = OutputIndex([stage for stage, _ in built])
+    stages: list[Stage] = []
+    for stage, uses in built:
+        pairs, params_warnings = resolve_params(stage.name, uses, sources, index.producer)
+        stages.append(dataclasses.replace(stage, params=pairs))
+        warnings.extend(params_warnings)
+
+    graph = stage_graph(stages, index, _params_files(built))
+    warnings.extend(unprovided_dependencies(stages, index, sources))
+    return Pipeline(
+        stages=MappingProxyType({stage.name: stage for stage in stages}),
+        order=execution_order(graph, [stage.name for stage in stages]),
+        metrics_files=_metrics_files(stages, top_metrics),
+        warnings=tuple(warnings),
+    )
+
+
+def _params_files(built: list[tuple[Stage, list[ParamsUse]]]) -> dict[str, list[str]]:
+    # Params files are dependencies too: one written by another stage orders them.
+    return {stage.name: [use.file for use in uses] for stage, uses in built}
+
+
+def _metrics_files(stages: list[Stage], top_level: list[str]) -> tuple[str, ...]:
+    from_stages = [out.path for stage in stages for out in stage.outs if out.kind == "metrics"]
+    return tuple(dict.fromkeys([*from_stages, *top_level]))
