@@ -1,0 +1,67 @@
+"""Cluster tier: one real control plane (etcd, kube-apiserver, controller-manager, scheduler,
+kwok nodes) per test session, and a fresh namespace per test.
+
+Every test under tests/cluster/ is marked `cluster`. The binaries are built once into a cache
+(scripts/build-k8s). Missing prerequisites (no Go, a failed build, no openssl) skip the tier on
+a laptop and fail it under CI=true; a cluster that does not start is always a failure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from tests.support.cluster import Cluster, ClusterError, build_binaries
+from tests.support.prereqs import require, require_tools
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selection looks at the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require_tools("openssl")
+    try:
+        bin_dir = build_binaries()
+    except ClusterError as exc:
+        require(False, f"Kubernetes binaries unavailable: {exc}")
+        raise  # require() has already skipped or failed; this only satisfies the type checker
+    # Under pytest's basetemp, so the logs of the last few runs stay around for a post-mortem.
+    state_dir = tmp_path_factory.mktemp("k8s")
+    try:
+        cluster = Cluster.start(state_dir, bin_dir=bin_dir)
+    except ClusterError as exc:
+        pytest.fail(f"the test cluster did not start: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def k8s_api(k8s_cluster: Cluster) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(k8s_cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def core(k8s_api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(k8s_api)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
