@@ -71,6 +71,7 @@ class BodyLimit:
 
         await self.app(scope, counting_receive, guarded_send)
 
+
 def _detail(max_bytes: int) -> str:
     return f"the request body is larger than the {max_bytes}-byte upload limit"
 
