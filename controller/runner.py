@@ -22,7 +22,7 @@ Credentials come only from the environment: ``MLEXP_GIT_USERNAME`` and
 ``GIT_CONFIG_*`` variables (never a URL, never ``.git/config``); S3 keys are the
 standard ``AWS_*`` variables DVC reads. Nothing here prints them.
 
-Usage: ``python3 runner.py --spec SPEC.json --workdir DIR [--detach]``.
+Usage: ``python3 runner.py --spec SPEC.json --workdir DIR [--detach] [--env-stdin]``.
 """
 
 from __future__ import annotations
@@ -246,18 +246,25 @@ def log(message: str) -> None:
 
 
 def detach(workdir: Path) -> None:
-    """Become a daemon in ``workdir``: survives the exec session that started it."""
-    if os.fork() > 0:
+    """Become a daemon in ``workdir``: survives the exec session that started it.
+
+    The caller returns only once ``runner.pid`` names the daemon, so it can be read
+    right away.
+    """
+    middle = os.fork()
+    if middle > 0:
+        os.waitpid(middle, 0)
         os._exit(0)
     os.setsid()
-    if os.fork() > 0:
+    daemon = os.fork()
+    if daemon > 0:
+        (workdir / PID_FILE).write_text(str(daemon))
         os._exit(0)
     log_fd = os.open(workdir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null_fd, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    (workdir / PID_FILE).write_text(str(os.getpid()))
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -265,6 +272,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--spec", type=Path, required=True, help="runner spec (JSON)")
     parser.add_argument("--workdir", type=Path, required=True, help="this run's work dir")
     parser.add_argument("--detach", action="store_true", help="run as a daemon (exec mode)")
+    parser.add_argument(
+        "--env-stdin",
+        action="store_true",
+        help="read a JSON object of environment variables (credentials) from stdin",
+    )
     return parser.parse_args(argv)
 
 
@@ -272,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.spec.read_text())
+    if args.env_stdin:
+        # Credentials arrive on stdin in exec mode: never on a command line or in a file.
+        os.environ.update({str(k): str(v) for k, v in json.load(sys.stdin).items()})
     if args.detach:
         detach(args.workdir)
     return Runner(spec, args.workdir.resolve()).main()

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         description="Where the state database, run logs, work dirs and local repos live.",
     )
     config_file: Path = Field(default=DEFAULT_CONFIG_FILE, description="Server settings YAML.")
+    k8s_config_file: Path = Field(
+        default=Path("config/k8s-config.yaml"),
+        description="Kubernetes settings; when the file exists, Kubernetes resources are enabled.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     tokens_file: Path | None = Field(

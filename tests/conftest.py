@@ -35,6 +35,7 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(
         data_dir=tmp_path / "data",
         config_file=tmp_path / "no-config.yaml",
+        k8s_config_file=tmp_path / "no-k8s-config.yaml",
         max_upload_bytes=2 * 1024 * 1024,
     )
 

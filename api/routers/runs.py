@@ -35,6 +35,9 @@ class RunCreate(BaseModel):
     params: dict[str, object] = Field(
         default_factory=dict, description='Overrides by dotted key, e.g. {"train.C": 0.5}.'
     )
+    deadline_seconds: int | None = Field(
+        default=None, ge=1, le=30 * 86400, description="resource job: the Job's deadline."
+    )
 
 
 SEED_FORM = {
@@ -83,6 +86,7 @@ async def submit_run(request: Request, caller: Caller, runs: Runs) -> Run:
             body.resource,
             body.namespace,
             body.params,  # type: ignore[arg-type]
+            body.deadline_seconds,
         )
     return await run_in_threadpool(runs.submit, caller, run_request)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,27 @@ def publish(
             if "rejected" not in push.stderr or attempt == PUSH_ATTEMPTS:
                 raise ExternalError(_failure("git push", access.url, push.stderr))
     raise AssertionError("unreachable")
+
+
+def read_published(
+    access: GitAccess, *, branch: str, paths: Sequence[str], base_env: Mapping[str, str]
+) -> tuple[str, dict[str, str]] | None:
+    """The run branch's commit and the text of ``paths`` in it; None if it was not pushed."""
+    env = access.environment(base_env)
+    with tempfile.TemporaryDirectory(prefix="mlexp-result-") as tmp:
+        work = Path(tmp)
+        _git(["init", "--quiet", "--bare", str(work)], env=env)
+        heads = _git(["ls-remote", "--heads", "--", access.url, branch], env=env, cwd=work)
+        if not heads.stdout.split():
+            return None
+        _git(["fetch", "--quiet", "--depth=1", "--", access.url, branch], env=env, cwd=work)
+        commit = _git(["rev-parse", "FETCH_HEAD"], env=env, cwd=work).stdout.strip()
+        files: dict[str, str] = {}
+        for path in paths:
+            shown = _git(["show", f"{commit}:{path}"], env=env, cwd=work, check=False)
+            if shown.returncode == 0:
+                files[path] = shown.stdout
+        return commit, files
 
 
 def _checkout_tip(work: Path, url: str, branch: str, env: dict[str, str]) -> None:

@@ -61,6 +61,9 @@ class Run(Record):
     resource: str
     namespace: str | None
     params: dict[str, JsonValue] = Field(description="The run's overrides, by dotted key.")
+    deadline_seconds: int | None = Field(
+        default=None, description="Kubernetes Jobs: activeDeadlineSeconds of the run's Job."
+    )
     state: RunState
     reason: str | None = None
     created_at: datetime

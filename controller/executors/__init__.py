@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from controller.domain.bundle import RepoSpec
+from controller.domain.models import Run
+
 Handle = dict[str, object]
 """What an executor needs to find its run again after a restart (JSON-serialisable)."""
 
@@ -21,15 +24,24 @@ class Outcome:
 
     state: Literal["succeeded", "failed"]
     reason: str | None = None
-    commit: str | None = None
+    commit: str | None = None  # None on success: read the result from the published branch
     metrics_files: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Everything an executor needs to start one run's runner."""
+
+    run: Run
+    spec: Mapping[str, object]  # the runner's spec (no credentials)
+    env: Mapping[str, str]  # the credential environment (see planning.runs.credential_env)
+    repo: RepoSpec  # for the registry and image, on Kubernetes
+    log_path: Path
+
+
 class Executor(Protocol):
-    def launch(
-        self, run_id: str, spec: Mapping[str, object], env: Mapping[str, str], log_path: Path
-    ) -> Handle:
-        """Start the runner; returns once it is started."""
+    def launch(self, request: Launch) -> Handle:
+        """Start the runner (idempotent for one run); returns once it is started."""
         ...
 
     def wait(self, handle: Handle) -> Outcome:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from controller import runner
 from controller.adapters import processes
-from controller.executors import Handle, Outcome
+from controller.executors import Handle, Launch, Outcome
 
 # Variables a pipeline may legitimately need from the service's environment.
 # Everything else (notably MLEXP_* settings and tokens) stays in the service.
@@ -42,13 +42,12 @@ class LocalExecutor:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
-    def launch(
-        self, run_id: str, spec: Mapping[str, object], env: Mapping[str, str], log_path: Path
-    ) -> Handle:
-        workdir = self.work_root / run_id
+    def launch(self, request: Launch) -> Handle:
+        workdir = self.work_root / request.run.run_id
+        log_path = request.log_path
         workdir.mkdir(parents=True, exist_ok=True)
         spec_path = workdir / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
+        spec_path.write_text(json.dumps(request.spec, indent=2))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             child = subprocess.Popen(
@@ -61,7 +60,7 @@ class LocalExecutor:
                     str(workdir),
                 ],
                 cwd=workdir,
-                env=self._environment(env),
+                env=self._environment(request.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -11,20 +11,23 @@ adopts those still alive and settles those that ended meanwhile.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.adapters import gitrepo
 from controller.adapters.store import Store
-from controller.domain.errors import Conflict, ExternalError, InvalidInput, NotFound
+from controller.domain.errors import Conflict, ExternalError, InvalidInput, MlexpError, NotFound
+from controller.domain.k8sconfig import NamespacePolicy
 from controller.domain.models import JsonValue, Run, RunState, utcnow
-from controller.domain.naming import new_id
+from controller.domain.naming import new_id, run_branch
 from controller.domain.params import apply_overrides
 from controller.domain.resources import parse_resource
-from controller.executors import Executor, Handle, Outcome
+from controller.executors import Executor, Handle, Launch, Outcome
 from controller.planning.runs import credential_env, run_result, runner_spec
 from controller.services.auth import Principal
 from controller.services.experiments import ExperimentService
@@ -39,6 +42,19 @@ class RunRequest:
     resource: str = "local"
     namespace: str | None = None
     params: Mapping[str, JsonValue] | None = None
+    deadline_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesSide:
+    """What runs on Kubernetes need beyond their executors."""
+
+    policy: NamespacePolicy
+    default_image: str | None
+
+
+# Which executor runs a resource kind; handles carry the same key.
+EXECUTOR_OF = {"local": "local", "job": "job", "sts": "exec", "deploy": "exec"}
 
 
 class RunService:
@@ -47,12 +63,14 @@ class RunService:
         settings: Settings,
         store: Store,
         experiments: ExperimentService,
-        executor: Executor,
+        executors: Mapping[str, Executor],
+        kubernetes: KubernetesSide | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.experiments = experiments
-        self.executor = executor
+        self.executors = executors
+        self.kubernetes = kubernetes
         self._queue: queue.Queue[str] = queue.Queue()
         self._slots = threading.Semaphore(settings.max_concurrent_runs)
         self._launching = threading.Lock()
@@ -77,39 +95,52 @@ class RunService:
 
     def reconcile(self) -> None:
         for run in reversed(self.store.list_runs(states=[RunState.RUNNING], limit=100_000)):
-            handle = self.store.get_handle(run.run_id)
-            if handle is None:
+            try:
+                self._adopt(run)
+            except MlexpError as exc:
                 self._finish(
-                    run.run_id,
-                    Outcome("failed", reason="the service stopped before the runner started"),
+                    run.run_id, Outcome("failed", reason=f"could not re-attach: {exc.detail}")
                 )
-            elif self.executor.is_active(handle):
-                self.note(run.run_id, "service restarted; re-attached to the running runner")
-                log.info("run adopted", extra={"run_id": run.run_id})
-                # Adopted runs count against the limit when a slot is free; they run anyway.
-                self._spawn_follower(run.run_id, handle, self._slots.acquire(blocking=False))
-            else:
-                outcome = self.executor.outcome(handle)
-                if outcome.state == "failed":
-                    outcome = Outcome(
-                        "failed",
-                        reason=f"runner ended while the service was down: {outcome.reason}",
-                    )
-                self._finish(run.run_id, outcome)
-                self.executor.cleanup(handle)
         for run in reversed(self.store.list_runs(states=[RunState.QUEUED], limit=100_000)):
-            self._queue.put(run.run_id)
+            self._enqueue(run)
+
+    def _adopt(self, run: Run) -> None:
+        executor = self._executor_for(run)
+        handle = self.store.get_handle(run.run_id)
+        if handle is None and run.resource == "job":
+            # Launched, but the service stopped before recording it: launching again
+            # finds the Job by its name and adopts it.
+            self._spawn(self._launch, run.run_id)
+            return
+        if handle is None:
+            reason = "the service stopped before the runner started"
+            self._finish(run.run_id, Outcome("failed", reason=reason))
+            return
+        if executor.is_active(handle):
+            self.note(run.run_id, "service restarted; re-attached to the running runner")
+            log.info("run adopted", extra={"run_id": run.run_id})
+            local = run.resource == "local"
+            # Adopted local runs count against the limit when a slot is free; they run anyway.
+            self._spawn_follower(run.run_id, handle, local and self._slots.acquire(blocking=False))
+            return
+        outcome = executor.outcome(handle)
+        if outcome.state == "failed":
+            reason = f"runner ended while the service was down: {outcome.reason}"
+            outcome = Outcome("failed", reason=reason)
+        self._finish(run.run_id, outcome)
+        executor.cleanup(handle)
+
+    def _executor_for(self, run: Run) -> Executor:
+        return self.executors[EXECUTOR_OF[run.resource.split("/", 1)[0]]]
 
     # -- use cases ---------------------------------------------------------
 
     def submit(self, principal: Principal, request: RunRequest) -> Run:
         experiment = self.experiments.get(principal, request.experiment_id)
         resource = parse_resource(request.resource)
+        namespace = request.namespace
         if resource.kind != "local":
-            raise InvalidInput(
-                f"resource {str(resource)!r} runs on Kubernetes, which this service is not "
-                "configured for; use resource 'local'"
-            )
+            namespace = self._check_kubernetes(principal, experiment.experiment_id, namespace)
         params = dict(request.params or {})
         apply_overrides(experiment.params, params)  # refuse bad overrides before recording
         run = Run(
@@ -117,8 +148,9 @@ class RunService:
             experiment_id=experiment.experiment_id,
             owner=principal.name,
             resource=str(resource),
-            namespace=request.namespace,
+            namespace=namespace,
             params=params,
+            deadline_seconds=request.deadline_seconds,
             state=RunState.QUEUED,
             created_at=utcnow(),
         )
@@ -129,8 +161,38 @@ class RunService:
         log.info(
             "run queued", extra={"run_id": run.run_id, "experiment_id": experiment.experiment_id}
         )
-        self._queue.put(run.run_id)
+        self._enqueue(run)
         return run
+
+    def _check_kubernetes(
+        self, principal: Principal, experiment_id: str, namespace: str | None
+    ) -> str:
+        """Refuse before any Kubernetes call: not configured (422), namespace (403), image (422)."""
+        if self.kubernetes is None:
+            raise InvalidInput(
+                "this resource runs on Kubernetes, which this service is not configured for "
+                "(config/k8s-config.yaml); use resource 'local'"
+            )
+        checked = self.kubernetes.policy.check(
+            namespace, caller_namespaces=principal.namespaces, caller_admin=principal.admin
+        )
+        registry = self.experiments.credentials(experiment_id).registry
+        if not ((registry.image if registry else None) or self.kubernetes.default_image):
+            raise InvalidInput(
+                "no image for the run: set registry.image in repo_json or defaults.image "
+                "in k8s-config.yaml"
+            )
+        return checked
+
+    def _enqueue(self, run: Run) -> None:
+        if run.resource == "local":
+            self._queue.put(run.run_id)
+        else:
+            # Kubernetes schedules these; the local concurrency limit is not theirs.
+            self._spawn(self._launch, run.run_id, False)
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        threading.Thread(target=target, args=args, daemon=True, name=f"mlexp-{args[0]}").start()
 
     def get(self, principal: Principal, run_id: str) -> Run:
         run = self.store.get_run(run_id)
@@ -168,7 +230,8 @@ class RunService:
         try:
             with self._launching:
                 handle = self.store.get_handle(run_id)
-            if handle is not None and not self.executor.cancel(handle):
+            executor = self._executor_for(run)
+            if handle is not None and not executor.cancel(handle):
                 raise ExternalError(f"run {run_id!r} could not be stopped; it may still be running")
             self.store.transition(run_id, RunState.CANCELLED, reason=reason)
             self.note(run_id, reason)
@@ -200,46 +263,88 @@ class RunService:
                 if self._stopping.is_set():
                     return
             try:
-                self._launch(run_id)
+                self._launch(run_id, True)
             except Exception:
                 log.exception("run launch failed", extra={"run_id": run_id})
                 self._slots.release()
 
-    def _launch(self, run_id: str) -> None:
+    def _launch(self, run_id: str, holds_slot: bool) -> None:
+        def release() -> None:
+            if holds_slot:
+                self._slots.release()
+
         run = self.store.get_run(run_id)
-        if run is None or run.state is not RunState.QUEUED:
-            self._slots.release()
+        if run is None or run.state.terminal:
+            release()
             return
         experiment = self.store.get_experiment(run.experiment_id)
         assert experiment is not None
+        executor = self._executor_for(run)
         with self._launching:
             if (
-                self.store.transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
+                run.state is RunState.QUEUED
+                and self.store.transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
                 is None
             ):
-                self._slots.release()
+                release()
                 return
             try:
                 spec = runner_spec(
                     run=run, experiment=experiment, cache_dir=str(self.settings.cache_dir)
                 )
                 ca = self.settings.git_ca_bundle
-                env = credential_env(
-                    self.experiments.credentials(experiment.experiment_id),
-                    git_ca_bundle=str(ca) if ca else None,
-                )
-                handle = self.executor.launch(run_id, spec, env, self.log_path(run_id))
+                repo = self.experiments.credentials(experiment.experiment_id)
+                env = credential_env(repo, git_ca_bundle=str(ca) if ca else None)
+                launch = Launch(run, spec, env, repo, self.log_path(run_id))
+                handle = executor.launch(launch)
                 self.store.set_handle(run_id, handle)
             except Exception as exc:
                 log.exception("runner did not start", extra={"run_id": run_id})
+                detail = exc.detail if isinstance(exc, MlexpError) else type(exc).__name__
                 self._finish(
-                    run_id,
-                    Outcome("failed", reason=f"the runner did not start: {type(exc).__name__}"),
+                    run_id, Outcome("failed", reason=f"the runner did not start: {detail}")
                 )
-                self._slots.release()
+                release()
                 return
-        self.note(run_id, "run started")
-        self._spawn_follower(run_id, handle, holds_slot=True)
+        self.note(run_id, f"run started on {run.resource}")
+        self._spawn_follower(run_id, handle, holds_slot=holds_slot)
+
+    def _published(self, run: Run) -> Outcome:
+        """The run's result as published: its branch and metrics, read back from git."""
+        experiment = self.store.get_experiment(run.experiment_id)
+        assert experiment is not None
+        repo = self.experiments.credentials(run.experiment_id)
+        ca = self.settings.git_ca_bundle
+        access = gitrepo.GitAccess(
+            url=experiment.git_url,
+            username=repo.git.username,
+            token=repo.git.token.get_secret_value() if repo.git.token else None,
+            ca_bundle=str(ca) if ca else None,
+        )
+        try:
+            found = gitrepo.read_published(
+                access,
+                branch=run_branch(run.run_id),
+                paths=experiment.metrics_files,
+                base_env=os.environ,
+            )
+        except MlexpError as exc:
+            return Outcome("failed", reason=f"could not read the published result: {exc.detail}")
+        if found is None:
+            reason = f"the runner reported success but {run_branch(run.run_id)} was not published"
+            return Outcome("failed", reason=reason)
+        commit, files = found
+        return Outcome("succeeded", commit=commit, metrics_files=files)
+
+    def stuck(self, run_id: str, reason: str) -> None:
+        """A running run that cannot make progress says why (Unschedulable, ImagePullBackOff…)."""
+        run = self.store.get_run(run_id)
+        if run is None or run.state is not RunState.RUNNING or run.reason == reason:
+            return
+        if self.store.transition(
+            run_id, RunState.RUNNING, reason=reason, only_from=(RunState.RUNNING,)
+        ):
+            self.note(run_id, f"waiting: {reason}")
 
     def _spawn_follower(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
         thread = threading.Thread(
@@ -252,12 +357,17 @@ class RunService:
 
     def _follow(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
         try:
-            outcome = self.executor.wait(handle)
+            executor = self.executors[str(handle["kind"])]
+            outcome = executor.wait(handle)
+            if self._stopping.is_set():
+                return  # the service is shutting down: the next start settles this run
             # A run being cancelled is settled by cancel(), once its processes are gone.
             if run_id not in self._cancelling or outcome.state == "succeeded":
                 self._finish(run_id, outcome)
-            self.executor.cleanup(handle)
+            executor.cleanup(handle)
         except Exception:
+            if self._stopping.is_set():
+                return
             log.exception("following run failed", extra={"run_id": run_id})
             self._finish(run_id, Outcome("failed", reason="the service lost track of the runner"))
         finally:
@@ -268,6 +378,8 @@ class RunService:
         run = self.store.get_run(run_id)
         if run is None:
             return
+        if outcome.state == "succeeded" and not outcome.commit:
+            outcome = self._published(run)
         if outcome.state == "succeeded" and outcome.commit:
             experiment = self.store.get_experiment(run.experiment_id)
             assert experiment is not None

@@ -1,0 +1,169 @@
+"""``resource: job``: one Kubernetes Job per run, running the runner from a ConfigMap.
+
+Launching is idempotent: the Job's name comes from the run id, so a second
+launch (a restart between create and record) finds the first Job and adopts
+it. The credentials Secret is applied server-side (one per experiment and
+namespace); the Job and ConfigMap reference it and hold no credential. The
+ConfigMap is owned by the Job, so deleting the Job removes it. Status comes
+from :class:`JobTracker`'s watches; the pod's log is copied into the run's log
+in the data dir, so it outlives the pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from controller import runner
+from controller.adapters.kube import KubeApi
+from controller.domain.errors import Conflict, InvalidInput, MlexpError
+from controller.domain.k8sconfig import K8sConfig
+from controller.executors import Handle, Launch, Outcome
+from controller.executors.kube_tracking import JobTracker, job_finished
+from controller.planning import manifests as m
+
+log = logging.getLogger("mlexp.kube")
+
+CANCEL_TIMEOUT = 120.0
+
+
+class JobExecutor:
+    def __init__(self, kube: KubeApi, config: K8sConfig, tracker: JobTracker) -> None:
+        self.kube = kube
+        self.config = config
+        self.tracker = tracker
+        self.runner_source = Path(runner.__file__).read_text()
+
+    def image_for(self, request: Launch) -> str:
+        registry = request.repo.registry
+        image = (registry.image if registry else None) or self.config.defaults.image
+        if not image:
+            raise InvalidInput(
+                "no image for the run: set registry.image in repo_json or defaults.image in "
+                "k8s-config.yaml"
+            )
+        return image
+
+    def launch(self, request: Launch) -> Handle:
+        run = request.run
+        namespace = str(run.namespace)
+        experiment_id = run.experiment_id
+        self.tracker.ensure(namespace)
+        secret = m.credentials_secret(
+            experiment_id=experiment_id, namespace=namespace, env=request.env
+        )
+        self.kube.apply(secret)
+        pull_secret = self._apply_pull_secret(request, namespace)
+        job_name = m.run_job_name(run.run_id)
+        job = m.run_job(
+            run_id=run.run_id,
+            experiment_id=experiment_id,
+            namespace=namespace,
+            image=self.image_for(request),
+            image_pull_policy=self.config.defaults.image_pull_policy,
+            secret_name=m.credentials_secret_name(experiment_id),
+            pull_secret_name=pull_secret,
+            configmap_name=m.run_configmap_name(run.run_id),
+            resources=self.config.defaults.resources,
+            service_account=self.config.defaults.service_account,
+            backoff_limit=self.config.jobs.backoff_limit,
+            active_deadline_seconds=run.deadline_seconds
+            or self.config.jobs.active_deadline_seconds,
+            ttl_seconds_after_finished=self.config.jobs.ttl_seconds_after_finished,
+            node_selector={},
+            tolerations=(),
+            pod_labels=self.config.jobs.pod_labels,
+        )
+        try:
+            created = self.kube.create(job)
+        except Conflict:
+            # Launched before (the service restarted in between): adopt, never duplicate.
+            existing = self.kube.get("Job", namespace, job_name)
+            if existing is None:
+                raise
+            created = existing
+        uid = str(created["metadata"]["uid"])
+        configmap = m.runner_configmap(
+            run_id=run.run_id,
+            experiment_id=experiment_id,
+            namespace=namespace,
+            runner_source=self.runner_source,
+            spec=request.spec,
+            owner_references=[
+                m.owner_reference(api_version="batch/v1", kind="Job", name=job_name, uid=uid)
+            ],
+        )
+        # Created by an earlier launch: it is immutable, so it is the same.
+        with contextlib.suppress(Conflict):
+            self.kube.create(configmap)
+        handle: Handle = {
+            "kind": "job",
+            "namespace": namespace,
+            "job": job_name,
+            "uid": uid,
+            "log": str(request.log_path),
+        }
+        log.info(
+            "job created", extra={"run_id": run.run_id, "job": job_name, "namespace": namespace}
+        )
+        return handle
+
+    def _apply_pull_secret(self, request: Launch, namespace: str) -> str | None:
+        registry = request.repo.registry
+        if registry is None or registry.password is None or not registry.server:
+            return None
+        secret = m.registry_pull_secret(
+            experiment_id=request.run.experiment_id,
+            namespace=namespace,
+            server=registry.server,
+            username=registry.username or "",
+            password=registry.password.get_secret_value(),
+        )
+        self.kube.apply(secret)
+        return m.pull_secret_name(request.run.experiment_id)
+
+    def wait(self, handle: Handle) -> Outcome:
+        result, reason = self.tracker.wait_finished(str(handle["namespace"]), str(handle["job"]))
+        self._copy_logs(handle)
+        if result == "Complete":
+            return Outcome("succeeded")  # the result is read from what was published
+        return Outcome("failed", reason=reason)
+
+    def is_active(self, handle: Handle) -> bool:
+        job = self.kube.get("Job", str(handle["namespace"]), str(handle["job"]))
+        return job is not None and job_finished(job) is None
+
+    def outcome(self, handle: Handle) -> Outcome:
+        job = self.kube.get("Job", str(handle["namespace"]), str(handle["job"]))
+        if job is None:
+            return Outcome("failed", reason=f"Job {handle['job']} no longer exists")
+        finished = job_finished(job)
+        if finished is None:
+            return Outcome("failed", reason="the Job has not finished")
+        if finished[0] == "Complete":
+            return Outcome("succeeded")
+        return Outcome("failed", reason=finished[1])
+
+    def cancel(self, handle: Handle) -> bool:
+        namespace, name = str(handle["namespace"]), str(handle["job"])
+        self.kube.delete("Job", namespace, name, foreground=True)
+        return self.tracker.wait_gone(namespace, name, CANCEL_TIMEOUT)
+
+    def cleanup(self, handle: Handle) -> None:
+        """Nothing: ttlSecondsAfterFinished removes the Job (and, through it, the ConfigMap)."""
+
+    def _copy_logs(self, handle: Handle) -> None:
+        """Copy the Job's pod logs into the run's log in the data dir (it outlives the pods)."""
+        namespace, name = str(handle["namespace"]), str(handle["job"])
+        try:
+            pods, _ = self.kube.select("Pod", namespace, f"job-name={name}")
+            with Path(str(handle["log"])).open("a") as out:
+                for pod in pods:
+                    pod_name = str(pod["metadata"]["name"])
+                    text = self.kube.pod_log(namespace, pod_name)
+                    out.write(f"[mlexp] log of pod {pod_name}:\n{text}")
+                    if text and not text.endswith("\n"):
+                        out.write("\n")
+        except MlexpError as exc:
+            log.warning("pod log not copied", extra={"job": name, "error": exc.detail})

@@ -1,0 +1,188 @@
+"""Status from watches: one watch of run Jobs and one of run Pods per namespace.
+
+Each watch lists once (label-selected), then watches from the list's
+resourceVersion, resuming from the last version seen when the server ends the
+watch, and listing again only when the version has expired (410 Gone). Waiters
+block on a condition instead of polling the API. A pod that cannot make
+progress (Unschedulable, ImagePullBackOff, CrashLoopBackOff, …) is reported
+through ``on_stuck`` with the reason, so a run says why it is not moving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from controller.adapters.kube import Gone, KubeApi, Obj
+from controller.domain.errors import MlexpError
+from controller.planning.manifests import LABEL_COMPONENT, LABEL_RUN, MANAGED_BY, label_selector
+
+log = logging.getLogger("mlexp.kube")
+
+RUN_SELECTOR = label_selector({MANAGED_BY: "mlexp-ctrl", LABEL_COMPONENT: "run"})
+STUCK_WAITING = {
+    "ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError",
+    "InvalidImageName", "CreateContainerError",
+}  # fmt: skip
+RETRY_SECONDS = 1.0
+
+
+def job_finished(job: Obj) -> tuple[str, str] | None:
+    """("Complete" | "Failed", reason text) once the Job has finished."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        kind = condition.get("type")
+        if kind in ("Complete", "SuccessCriteriaMet"):
+            return "Complete", ""
+        if kind in ("Failed", "FailureTarget"):
+            return "Failed", _failure_reason(condition)
+    return None
+
+
+def _failure_reason(condition: Obj) -> str:
+    reason = str(condition.get("reason") or "Failed")
+    message = str(condition.get("message") or "").strip()
+    if reason == "DeadlineExceeded":
+        return f"deadline exceeded: {message or 'the Job ran longer than activeDeadlineSeconds'}"
+    if reason == "BackoffLimitExceeded":
+        return f"the runner failed on every attempt ({message or reason}); see the run's log"
+    return f"{reason}: {message}" if message else reason
+
+
+def pod_stuck_reason(pod: Obj) -> str | None:
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return f"Unschedulable: {condition.get('message') or 'no node fits'}"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING:
+            detail = str(waiting.get("message") or "").strip()
+            return f"{waiting['reason']}: {detail}" if detail else str(waiting["reason"])
+    return None
+
+
+class _Watch(threading.Thread):
+    """Keeps ``objects`` in step with the API server for one kind in one namespace."""
+
+    def __init__(
+        self,
+        kube: KubeApi,
+        kind: str,
+        namespace: str,
+        changed: Callable[[str, Obj], None],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"mlexp-watch-{kind}-{namespace}", daemon=True)
+        self.kube, self.kind, self.namespace = kube, kind, namespace
+        self.changed, self.stop_event = changed, stop
+        self.synced = threading.Event()
+
+    def run(self) -> None:
+        version = ""
+        while not self.stop_event.is_set():
+            try:
+                if not version:
+                    items, version = self.kube.select(self.kind, self.namespace, RUN_SELECTOR)
+                    for item in items:
+                        self.changed("ADDED", item)
+                    self.synced.set()
+                for kind, obj in self.kube.watch(
+                    self.kind, self.namespace, RUN_SELECTOR, version, timeout=60
+                ):
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if kind != "BOOKMARK":
+                        self.changed(kind, obj)
+                    if self.stop_event.is_set():
+                        return
+            except Gone:
+                version = ""  # too old: list again
+            except MlexpError as exc:
+                log.warning("watch failed", extra={"kind": self.kind, "error": exc.detail})
+                self.stop_event.wait(RETRY_SECONDS)
+
+
+class JobTracker:
+    """Finished-or-not of every run Job, by (namespace, name), fed by watches."""
+
+    def __init__(self, kube: KubeApi, on_stuck: Callable[[str, str], None]) -> None:
+        self.kube = kube
+        self.on_stuck = on_stuck
+        self._jobs: dict[tuple[str, str], Obj | None] = {}
+        self._cond = threading.Condition()
+        self._namespaces: dict[str, list[_Watch]] = {}
+        self._stop = threading.Event()
+
+    def ensure(self, namespace: str) -> None:
+        """Start watching ``namespace`` (once) and wait for its first listing."""
+        with self._cond:
+            watches = self._namespaces.get(namespace)
+            if watches is None:
+                watches = [
+                    _Watch(self.kube, "Job", namespace, self._job_changed, self._stop),
+                    _Watch(self.kube, "Pod", namespace, self._pod_changed, self._stop),
+                ]
+                self._namespaces[namespace] = watches
+                for watch in watches:
+                    watch.start()
+        for watch in watches:
+            watch.synced.wait(timeout=30)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _job_changed(self, kind: str, job: Obj) -> None:
+        meta = job.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        with self._cond:
+            self._jobs[key] = None if kind == "DELETED" else job
+            self._cond.notify_all()
+
+    def _pod_changed(self, kind: str, pod: Obj) -> None:
+        if kind == "DELETED":
+            return
+        run_id = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
+        reason = pod_stuck_reason(pod)
+        if run_id and reason:
+            self.on_stuck(str(run_id), reason)
+
+    def current(self, namespace: str, name: str) -> Obj | None:
+        with self._cond:
+            return self._jobs.get((namespace, name))
+
+    def wait_finished(self, namespace: str, name: str) -> tuple[str, str]:
+        """Block until the Job finishes (or is deleted: ("Deleted", ...))."""
+        self.ensure(namespace)
+        key = (namespace, name)
+        seen = False
+        with self._cond:
+            while True:
+                if key in self._jobs:
+                    job = self._jobs[key]
+                    if job is None:
+                        if seen:
+                            return "Deleted", f"Job {name} was deleted before it finished"
+                    else:
+                        seen = True
+                        finished = job_finished(job)
+                        if finished is not None:
+                            return finished
+                self._cond.wait(timeout=5)
+
+    def wait_gone(self, namespace: str, name: str, timeout: float) -> bool:
+        self.ensure(namespace)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._jobs.get((namespace, name)) is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(timeout=remaining)
+        return True
