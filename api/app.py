@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.middleware import BodyLimit, RequestId
-from api.routers import experiments, health, runs
+from api.routers import experiments, health, resources, runs
 from controller.logs import configure_logging
 from controller.services.container import Services, build_services
 from controller.settings import Settings, load_settings
@@ -42,6 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestId)
-    for module in (experiments, runs, health):
+    for module in (experiments, runs, resources, health):
         app.include_router(module.router)
     return app

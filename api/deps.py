@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from controller.domain.errors import Forbidden
+from controller.domain.errors import Forbidden, InvalidInput
 from controller.services.auth import LOCAL_ADMIN, Principal
 from controller.services.container import Services
 from controller.services.experiments import ExperimentService
+from controller.services.resources import ResourceService
 from controller.services.runs import RunService
 
 
@@ -48,6 +49,16 @@ def run_service(svc: Annotated[Services, Depends(services)]) -> RunService:
     return svc.runs
 
 
+def resource_service(svc: Annotated[Services, Depends(services)]) -> ResourceService:
+    if svc.resources is None:
+        raise InvalidInput(
+            "Kubernetes is not configured for this service (config/k8s-config.yaml); "
+            "see config.templ/k8s-config.yaml"
+        )
+    return svc.resources
+
+
 Caller = Annotated[Principal, Depends(principal)]
 Experiments = Annotated[ExperimentService, Depends(experiment_service)]
 Runs = Annotated[RunService, Depends(run_service)]
+Resources = Annotated[ResourceService, Depends(resource_service)]

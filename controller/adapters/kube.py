@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
@@ -143,7 +144,7 @@ class KubeApi:
             return fn(*args, **kw)
         except ApiException as exc:
             raise translate(exc, what) from exc
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
             raise ExternalError(f"{what}: {type(exc).__name__}") from exc
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
@@ -272,6 +273,8 @@ class KubeApi:
             if exc.status == 410:
                 raise Gone(str(exc.reason)) from exc
             raise translate(exc, f"watch {kind} in {namespace}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ExternalError(f"watch {kind} in {namespace}: {type(exc).__name__}") from exc
         finally:
             watcher.stop()
 

@@ -13,7 +13,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 from controller.domain.models import Experiment, Run, RunResult, RunState, utcnow
@@ -36,6 +35,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment_id, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, created_at);
+CREATE TABLE IF NOT EXISTS resources (
+    namespace TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (namespace, kind, name)
+);
 """
 
 
@@ -176,6 +184,47 @@ class Store:
             )
         return updated
 
+    # -- provisioned resources -----------------------------------------------
+
+    def put_resource(self, namespace: str, kind: str, name: str, owner: str, body: str) -> None:
+        """Insert or replace (posting the same spec again is an update, not a duplicate)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(namespace, kind, name)"
+                " DO UPDATE SET body = excluded.body",
+                (namespace, kind, name, owner, utcnow().isoformat(), body),
+            )
+
+    def get_resource(self, namespace: str, kind: str, name: str) -> tuple[str, str] | None:
+        """(owner, body) of a recorded resource."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT owner, body FROM resources WHERE namespace = ? AND kind = ? AND name = ?",
+                (namespace, kind, name),
+            ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def list_resources(self, *, owner: str | None, namespace: str | None) -> list[str]:
+        clauses, args = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        if namespace is not None:
+            clauses.append("namespace = ?")
+            args.append(namespace)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT body FROM resources{where} ORDER BY created_at DESC"  # noqa: S608 - fixed clauses
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [r[0] for r in rows]
+
+    def delete_resource(self, namespace: str, kind: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM resources WHERE namespace = ? AND kind = ? AND name = ?",
+                (namespace, kind, name),
+            )
+
     def set_handle(self, run_id: str, handle: dict[str, object]) -> None:
         with self._tx() as db:
             db.execute("UPDATE runs SET handle = ? WHERE run_id = ?", (json.dumps(handle), run_id))
@@ -187,7 +236,3 @@ class Store:
             return None
         handle = json.loads(row[0])
         return handle if isinstance(handle, dict) else None
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)

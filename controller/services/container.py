@@ -15,6 +15,7 @@ from controller.executors.kube_tracking import JobTracker
 from controller.executors.local import LocalExecutor
 from controller.services.auth import TokenRegistry
 from controller.services.experiments import ExperimentService
+from controller.services.resources import ResourceService
 from controller.services.runs import KubernetesSide, RunService
 from controller.settings import Settings
 
@@ -28,6 +29,7 @@ class Services:
     tokens: TokenRegistry | None
     kube: KubeApi | None = None
     tracker: JobTracker | None = None
+    resources: ResourceService | None = None
 
     def close(self) -> None:
         self.runs.stop()
@@ -75,4 +77,6 @@ def build_services(settings: Settings) -> Services:
     side = KubernetesSide(NamespacePolicy.from_config(k8s), k8s.defaults.image)
     runs = RunService(settings, store, experiments, executors, side)
     stuck.append(runs)
-    return Services(settings, store, experiments, runs, tokens, kube, tracker)
+    ca = str(settings.git_ca_bundle) if settings.git_ca_bundle else None
+    resources = ResourceService(store, experiments, kube, k8s, git_ca_bundle=ca)
+    return Services(settings, store, experiments, runs, tokens, kube, tracker, resources)

@@ -1,0 +1,380 @@
+"""The service's Kubernetes side on the real control plane (kwok nodes).
+
+Covers: provisioning each workload kind through the API and reading it back with
+the client; namespaces refused before any Kubernetes call; a full run exec'd into
+a StatefulSet pod that publishes to git (HTTPS + token) and S3 (moto) and is
+retrieved with git clone + dvc pull, with every object, event and log line of it
+scanned for credentials; Job runs whose lifecycle drives the run's state
+(success, failure with a reason, deadline, cancel); a service restart mid-run
+that ends with exactly one Job. Job pods are run on this host by JobDriver.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from controller.settings import Settings
+from tests.support.bundles import (
+    FAILING_DVC,
+    QUICK_DVC,
+    SLEEPY_DVC,
+    create,
+    sample_parts,
+    small_parts,
+)
+from tests.support.cluster import MANUAL_DRIVE, Cluster
+from tests.support.gitserver import GitHttpServer, basic_auth_header, isolated_git_env
+from tests.support.jobdriver import JobDriver
+from tests.support.s3server import S3Server
+from tests.support.service import RunningService, service_in_thread
+from tests.support.waiting import wait_for
+
+TOKEN = "tok-0123456789abcdef"  # the session git server's password (tests/conftest.py)
+
+
+@pytest.fixture
+def k8s_settings(
+    settings: Settings, k8s_cluster: Cluster, git_server: GitHttpServer, tmp_path: Path
+) -> Settings:
+    config = tmp_path / "k8s-config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "kubeconfig": str(k8s_cluster.kubeconfig),
+                "namespaces": {"allowed": ["t-*"], "prohibited": ["t-forbidden*", "kube-*"]},
+                "defaults": {"image": "mlexp/workload:test"},
+                "jobs": {"backoff_limit": 0, "pod_labels": MANUAL_DRIVE},
+                "exec": {"work_root": str(tmp_path / "exec-runs"), "poll_seconds": 0.2},
+                "api": {"qps": 50, "burst": 100},
+            }
+        )
+    )
+    return settings.model_copy(
+        update={"k8s_config_file": config, "git_ca_bundle": git_server.ca_file}
+    )
+
+
+@pytest.fixture
+def service(k8s_settings: Settings) -> Iterator[RunningService]:
+    with service_in_thread(k8s_settings) as running:
+        yield running
+
+
+@pytest.fixture
+def driver(
+    k8s_cluster: Cluster, k8s_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> Iterator[JobDriver]:
+    with JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods") as running:
+        yield running
+
+
+def remote_repo(git: GitHttpServer, s3: S3Server) -> dict[str, object]:
+    name = f"k8s-{uuid.uuid4().hex[:8]}"
+    bucket = f"k8s-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(bucket)
+    return {
+        "git": {"url": git.create_bare(name), "username": "mlexp-bot", "token": TOKEN},
+        "dvc": {"url": f"s3://{bucket}/data"},
+        "storage": {
+            "endpoint_url": s3.endpoint_url,
+            "access_key_id": s3.access_key_id,
+            "secret_access_key": s3.secret_access_key,
+            "region": s3.region,
+        },
+    }
+
+
+def run_on(
+    service: RunningService, experiment_id: object, resource: str, namespace: str, **extra: object
+) -> str:
+    body = {"experiment_id": experiment_id, "resource": resource, "namespace": namespace, **extra}
+    response = service.http.post("/experiment/run", json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["run_id"])
+
+
+def test_provision_each_kind_and_read_it_back(
+    service: RunningService, k8s_api: client.ApiClient, namespace: str
+) -> None:
+    apps, batch = client.AppsV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    specs = {
+        "StatefulSet": {"kind": "StatefulSet", "name": "trainer", "namespace": namespace,
+                        "replicas": 1, "resources": {"requests": {"cpu": "100m"}}},
+        "Deployment": {"kind": "Deployment", "name": "pool", "namespace": namespace,
+                       "replicas": 2, "node_selector": {"type": "kwok"},
+                       "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists",
+                                        "effect": "NoSchedule"}]},
+        # No volume provisioner in the test cluster: this Job's cache claim stays Pending.
+        "Job": {"kind": "Job", "name": "once", "namespace": namespace, "command": ["true"],
+                "dvc_cache": {"size": "1Gi"}},
+    }  # fmt: skip
+    for spec in specs.values():
+        response = service.http.post("/resource/k8s/create", json=spec)
+        assert response.status_code == 201, response.text
+    sts = apps.read_namespaced_stateful_set("trainer", namespace)
+    assert sts.metadata.labels["app.kubernetes.io/managed-by"] == "mlexp-ctrl"
+    assert sts.spec.template.spec.containers[0].resources.requests["cpu"] == "100m"
+    claim = client.CoreV1Api(k8s_api).read_namespaced_persistent_volume_claim(
+        "once-dvc-cache", namespace
+    )
+    assert claim.spec.resources.requests["storage"] == "1Gi"
+    assert apps.read_namespaced_deployment("pool", namespace).spec.replicas == 2
+    assert batch.read_namespaced_job("once", namespace).spec.template.spec.containers
+
+    # Posting the same spec again is an update, not a duplicate.
+    generation = sts.metadata.generation  # status updates move resourceVersion; spec moves this
+    again = service.http.post("/resource/k8s/create", json=specs["StatefulSet"])
+    assert again.status_code == 201
+    assert len(apps.list_namespaced_stateful_set(namespace).items) == 1
+    assert apps.read_namespaced_stateful_set("trainer", namespace).metadata.generation == generation
+
+    detail = wait_for(
+        lambda: (
+            (d := service.http.get(f"/resources/{namespace}/sts/trainer").json())["readiness"]
+            and d["readiness"]["ready"] == 1
+            and d
+        ),
+        60,
+        what="the StatefulSet to be ready",
+    )
+    assert detail["readiness"]["ready_pods"] == ["trainer-0"]
+    listed = service.http.get("/resources", params={"namespace": namespace}).json()
+    assert {r["resource"] for r in listed} == {"sts/trainer", "deploy/pool", "job/once"}
+
+    assert service.http.delete(f"/resources/{namespace}/deploy/pool").status_code == 204
+    wait_for(
+        lambda: not apps.list_namespaced_deployment(namespace).items, 30, what="deployment gone"
+    )
+    assert service.http.get(f"/resources/{namespace}/deploy/pool").status_code == 404
+
+
+@pytest.mark.parametrize("bad", ["t-forbidden-x", "kube-system", "other", "Not_A_Name"])
+def test_namespaces_outside_the_policy_are_refused(
+    service: RunningService,
+    k8s_api: client.ApiClient,
+    bad: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    spec = {"kind": "StatefulSet", "name": "x", "namespace": bad}
+    response = service.http.post("/resource/k8s/create", json=spec)
+    assert response.status_code in (403, 422), response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    experiment = create(
+        service.http,
+        small_parts(
+            QUICK_DVC,
+            repo_json=remote_repo(git_server, s3_server),
+        ),
+    )
+    run = service.http.post(
+        "/experiment/run",
+        json={"experiment_id": experiment["experiment_id"], "resource": "job", "namespace": bad},
+    )
+    assert run.status_code == (422 if bad == "Not_A_Name" else 403), run.text
+    assert service.http.get("/runs").json() == []
+    # Nothing was created anywhere for the refused requests.
+    created = client.AppsV1Api(k8s_api).list_stateful_set_for_all_namespaces(
+        field_selector="metadata.name=x"
+    )
+    assert created.items == []
+    assert (
+        client.CoreV1Api(k8s_api)
+        .list_secret_for_all_namespaces(
+            label_selector="mlexp.io/component=credentials",
+            field_selector=f"metadata.namespace={bad}",
+        )
+        .items
+        == []
+    )
+
+
+def test_job_runs_succeed_and_fail_with_reasons(
+    service: RunningService,
+    driver: JobDriver,
+    namespace: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    repo = remote_repo(git_server, s3_server)
+    quick = create(service.http, small_parts(QUICK_DVC, "x: 4\n", repo_json=repo))
+    failing = create(service.http, small_parts(FAILING_DVC, repo_json=repo))
+    ok = run_on(service, quick["experiment_id"], "job", namespace, params={"x": 9})
+    bad = run_on(service, failing["experiment_id"], "job", namespace)
+
+    done = service.wait_run(ok, timeout=240)
+    assert done["state"] == "succeeded", service.http.get(f"/runs/{ok}/logs").text
+    assert done["result"]["metrics"]["m.json"] == {"x": 9}  # type: ignore[index]
+    log = service.http.get(f"/runs/{ok}/logs").text
+    assert "log of pod" in log
+    assert "step 4: dvc repro" in log
+
+    failed = service.wait_run(bad, timeout=240)
+    assert failed["state"] == "failed"
+    assert "BackoffLimitExceeded" in str(failed["reason"]) or "failed on every attempt" in str(
+        failed["reason"]
+    )
+    assert "stage is failing on purpose" in service.http.get(f"/runs/{bad}/logs").text
+
+
+def test_job_deadline_and_cancel(
+    service: RunningService,
+    driver: JobDriver,
+    namespace: str,
+    k8s_api: client.ApiClient,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    batch = client.BatchV1Api(k8s_api)
+    experiment = create(
+        service.http, small_parts(QUICK_DVC, repo_json=remote_repo(git_server, s3_server))
+    )
+    driver.hold_all = True
+    slow = run_on(service, experiment["experiment_id"], "job", namespace, deadline_seconds=3)
+    timed_out = service.wait_run(slow, timeout=120)
+    assert timed_out["state"] == "failed"
+    assert "deadline exceeded" in str(timed_out["reason"])
+
+    held = run_on(service, experiment["experiment_id"], "job", namespace)
+    wait_for(
+        lambda: (
+            batch.list_namespaced_job(namespace, label_selector=f"mlexp.io/run-id={held}").items
+        ),
+        60,
+        what="the Job",
+    )
+    response = service.http.post(f"/runs/{held}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"
+    assert (
+        batch.list_namespaced_job(namespace, label_selector=f"mlexp.io/run-id={held}").items == []
+    )
+
+
+def test_restart_mid_job_run_keeps_one_job(
+    k8s_settings: Settings,
+    driver: JobDriver,
+    namespace: str,
+    k8s_api: client.ApiClient,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    batch = client.BatchV1Api(k8s_api)
+    driver.hold_all = True
+    with service_in_thread(k8s_settings) as first:
+        experiment = create(
+            first.http, small_parts(QUICK_DVC, repo_json=remote_repo(git_server, s3_server))
+        )
+        run_id = run_on(first, experiment["experiment_id"], "job", namespace)
+        wait_for(lambda: batch.list_namespaced_job(namespace).items, 60, what="the Job")
+    with service_in_thread(k8s_settings) as second:
+        assert second.http.get(f"/runs/{run_id}").json()["state"] == "running"
+        driver.release(run_id)
+        final = second.wait_run(run_id, timeout=240)
+    assert final["state"] == "succeeded", final
+    assert len(batch.list_namespaced_job(namespace).items) == 1
+
+
+def test_exec_run_in_a_statefulset_publishes_to_git_and_s3_without_leaks(
+    service: RunningService,
+    namespace: str,
+    k8s_api: client.ApiClient,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    repo = remote_repo(git_server, s3_server)
+    experiment = create(service.http, sample_parts(repo))
+    spec = {"kind": "StatefulSet", "name": "trainer", "namespace": namespace,
+            "experiment_id": experiment["experiment_id"]}  # fmt: skip
+    assert service.http.post("/resource/k8s/create", json=spec).status_code == 201
+    wait_for(
+        lambda: (
+            service.http.get(f"/resources/{namespace}/sts/trainer").json()["readiness"]["ready"]
+            == 1
+        ),
+        60,
+        what="trainer-0 ready",
+    )
+    run_id = run_on(
+        service, experiment["experiment_id"], "sts/trainer", namespace, params={"train.C": 0.2}
+    )
+    run = service.wait_run(run_id, timeout=300)
+    assert run["state"] == "succeeded", service.http.get(f"/runs/{run_id}/logs").text
+    assert run["result"]["metrics"]["metrics.json"]["accuracy"] > 0.8  # type: ignore[index]
+
+    env = isolated_git_env(tmp_path / "home")
+    env.update(
+        GIT_SSL_CAINFO=str(git_server.ca_file),
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="http.extraHeader",
+        GIT_CONFIG_VALUE_0=f"Authorization: {basic_auth_header('mlexp-bot', TOKEN)}",
+    )
+    env = s3_server.subprocess_env(env)
+    clone = tmp_path / "clone"
+    url = str(repo["git"]["url"])  # type: ignore[index]
+    subprocess.run(
+        ["git", "clone", "-q", "-b", f"runs/{run_id}", url, str(clone)], env=env, check=True
+    )
+    subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=env, check=True)
+    assert (clone / "models" / "model.pkl").stat().st_size > 0
+
+    # Credentials: only in the Secret. Scan every other object, the events and the logs.
+    secrets = [TOKEN, s3_server.secret_access_key]
+    places = {"service output": "".join(capfd.readouterr())}
+    places["run log"] = service.http.get(f"/runs/{run_id}/logs").text
+    places["run"] = json.dumps(run)
+    dynamic = k8s_api.sanitize_for_serialization
+    core, apps = client.CoreV1Api(k8s_api), client.AppsV1Api(k8s_api)
+    for what, items in {
+        "pods": core.list_namespaced_pod(namespace).items,
+        "configmaps": core.list_namespaced_config_map(namespace).items,
+        "events": core.list_namespaced_event(namespace).items,
+        "statefulsets": apps.list_namespaced_stateful_set(namespace).items,
+        "services": core.list_namespaced_service(namespace).items,
+    }.items():
+        places[what] = json.dumps(dynamic(items))
+    for secret in secrets:
+        assert [where for where, text in places.items() if secret in text] == []
+    stored = core.list_namespaced_secret(
+        namespace, label_selector="mlexp.io/component=credentials"
+    ).items
+    assert len(stored) == 1
+    assert "MLEXP_GIT_TOKEN" in stored[0].data
+
+
+def test_cancel_an_exec_run(
+    service: RunningService, namespace: str, git_server: GitHttpServer, s3_server: S3Server
+) -> None:
+    experiment = create(
+        service.http, small_parts(SLEEPY_DVC, repo_json=remote_repo(git_server, s3_server))
+    )
+    spec = {"kind": "Deployment", "name": "pool", "namespace": namespace,
+            "experiment_id": experiment["experiment_id"]}  # fmt: skip
+    assert service.http.post("/resource/k8s/create", json=spec).status_code == 201
+    wait_for(
+        lambda: (
+            service.http.get(f"/resources/{namespace}/deploy/pool").json()["readiness"]["ready"]
+            == 1
+        ),
+        60,
+        what="pool ready",
+    )
+    run_id = run_on(service, experiment["experiment_id"], "deploy/pool", namespace)
+    wait_for(
+        lambda: "step 4: dvc repro" in service.http.get(f"/runs/{run_id}/logs").text,
+        120,
+        what="the stage to start",
+    )
+    response = service.http.post(f"/runs/{run_id}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"

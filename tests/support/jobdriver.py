@@ -1,0 +1,150 @@
+"""Plays the kubelet for Job pods under kwok: runs the pod's command on this host.
+
+kwok makes pods Running but runs no container. For pods labelled
+``MANUAL_DRIVE`` the driver does what a node would: it resolves the container's
+environment the way its spec says (``env`` values, ``envFrom`` Secrets, read
+through the API), materialises its ConfigMap and emptyDir volumes in a host
+directory, rewrites the command's mount paths to that directory, runs it, writes
+its output as CRI log lines where kwok serves pod logs from, and reports the
+exit code through the pod's status. With ``hold_all`` set, pods are left Running
+(for deadline, cancel and restart tests) until their run is released.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from tests.support.cluster import MANUAL_DRIVE, Cluster, cri_log_line, finished_pod_status
+
+RUN_LABEL = "mlexp.io/run-id"
+
+
+class JobDriver:
+    def __init__(self, cluster: Cluster, api: client.ApiClient, namespace: str, root: Path) -> None:
+        self.cluster = cluster
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.root = root
+        self.hold_all = False
+        self.released: set[str] = set()
+        self.driven: dict[str, int] = {}  # pod name -> exit code
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="job-driver")
+
+    def __enter__(self) -> JobDriver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self.released.add(run_id)
+        self._sweep()
+
+    def _loop(self) -> None:
+        selector = ",".join(f"{k}={v}" for k, v in MANUAL_DRIVE.items())
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            try:
+                self._sweep()
+                for _ in stream.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=selector,
+                    timeout_seconds=2,
+                ):
+                    self._sweep()
+                    if self._stop.is_set():
+                        break
+            except (ApiException, urllib3.exceptions.HTTPError, OSError):
+                self._stop.wait(0.5)  # the namespace or the cluster is going away
+            finally:
+                stream.stop()
+
+    def _sweep(self) -> None:
+        selector = ",".join(f"{k}={v}" for k, v in MANUAL_DRIVE.items())
+        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:
+            name = pod.metadata.name
+            run_id = (pod.metadata.labels or {}).get(RUN_LABEL, "")
+            with self._lock:
+                held = self.hold_all and run_id not in self.released
+                if name in self._seen or held or pod.status.phase != "Running":
+                    continue
+                if pod.metadata.deletion_timestamp is not None:
+                    continue
+                self._seen.add(name)
+            threading.Thread(target=self._drive, args=(pod,), daemon=True).start()
+
+    def _volumes(self, pod: Any, host: Path) -> dict[str, Path]:
+        """Each mount's host directory, with ConfigMap contents written into it."""
+        volumes = {volume.name: volume for volume in pod.spec.volumes or []}
+        mounts: dict[str, Path] = {}
+        for mount in pod.spec.containers[0].volume_mounts or []:
+            target = host / mount.name
+            target.mkdir(parents=True, exist_ok=True)
+            source = volumes[mount.name].config_map
+            if source is not None:
+                data = self.core.read_namespaced_config_map(source.name, self.namespace).data
+                for key, text in (data or {}).items():
+                    (target / key).write_text(text)
+            mounts[mount.mount_path] = target
+        return mounts
+
+    def _drive(self, pod: Any) -> None:
+        name = pod.metadata.name
+        container = pod.spec.containers[0]
+        host = self.root / name
+        mounts = self._volumes(pod, host)
+        command = [_rewrite(arg, mounts) for arg in container.command or []]
+        env = {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+            "HOME": os.environ.get("HOME", "/root"),
+        }
+        for variable in container.env or []:
+            if variable.value is not None:
+                env[variable.name] = variable.value
+        for source in container.env_from or []:
+            if source.secret_ref is not None:
+                secret = self.core.read_namespaced_secret(source.secret_ref.name, self.namespace)
+                env.update(
+                    {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+                )
+        started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        work = mounts.get("/work", host)
+        done = subprocess.run(
+            command, cwd=work, env=env, capture_output=True, text=True, check=False, timeout=600
+        )
+        log_path = self.cluster.log_path(self.namespace, name, container.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as out:
+            for line in (done.stdout + done.stderr).splitlines():
+                out.write(cri_log_line(line) + "\n")
+        status = finished_pod_status(
+            {container.name: container.image}, done.returncode, started_at=started
+        )
+        self.core.patch_namespaced_pod_status(name, self.namespace, status)
+        with self._lock:
+            self.driven[name] = done.returncode
+
+
+def _rewrite(arg: str, mounts: dict[str, Path]) -> str:
+    for mount_path, host_path in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        if arg == mount_path or arg.startswith(mount_path + "/"):
+            return str(host_path) + arg[len(mount_path) :]
+    return arg
