@@ -275,7 +275,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--env-stdin",
         action="store_true",
-        help="read a JSON object of environment variables (credentials) from stdin",
+        help="read one line of JSON, environment variables (credentials), from stdin",
     )
     return parser.parse_args(argv)
 
@@ -285,8 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.spec.read_text())
     if args.env_stdin:
-        # Credentials arrive on stdin in exec mode: never on a command line or in a file.
-        os.environ.update({str(k): str(v) for k, v in json.load(sys.stdin).items()})
+        # Credentials arrive on stdin in exec mode (one JSON line): never on a command line
+        # or in a file.
+        os.environ.update({str(k): str(v) for k, v in json.loads(sys.stdin.readline()).items()})
     if args.detach:
         detach(args.workdir)
     return Runner(spec, args.workdir.resolve()).main()

@@ -31,7 +31,6 @@ from kubernetes.stream import stream
 from kubernetes.stream.ws_client import (
     ERROR_CHANNEL,
     STDERR_CHANNEL,
-    STDIN_CHANNEL,
     STDOUT_CHANNEL,
 )
 
@@ -316,7 +315,6 @@ class KubeApi:
         try:
             if stdin is not None:
                 session.write_stdin(stdin.decode())
-                session.close_channel(STDIN_CHANNEL)  # EOF (the v5 exec protocol)
             deadline = time.monotonic() + timeout
             while session.is_open():
                 if time.monotonic() > deadline:

@@ -75,15 +75,18 @@ class ExecExecutor:
             "offset": 0,
         }
         quoted = shlex.quote(workdir)
-        copy = f"mkdir -p {quoted} && cat > {quoted}/runner.py"
-        self._check(self._exec(handle, copy, self.runner_source), "copy the runner")
+        # Byte counts instead of end-of-input: not every exec server passes stdin's close on.
+        source = self.runner_source
+        copy = f"mkdir -p {quoted} && head -c {len(source)} > {quoted}/runner.py"
+        self._check(self._exec(handle, copy, source), "copy the runner")
         spec = json.dumps(dict(request.spec)).encode()
-        self._check(self._exec(handle, f"cat > {quoted}/spec.json", spec), "copy the spec")
+        copy = f"head -c {len(spec)} > {quoted}/spec.json"
+        self._check(self._exec(handle, copy, spec), "copy the spec")
         started = self._exec(
             handle,
             f"cd {quoted} && python3 runner.py --spec spec.json --workdir . --detach --env-stdin"
             " && cat runner.pid",
-            json.dumps(dict(request.env)).encode(),
+            json.dumps(dict(request.env)).encode() + b"\n",
         )
         self._check(started, "start the runner")
         handle["pid"] = int(started.stdout.strip().splitlines()[-1])
