@@ -378,3 +378,31 @@ def test_cancel_an_exec_run(
     response = service.http.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
+
+
+def test_a_stuck_job_run_says_why(
+    k8s_settings: Settings,
+    namespace: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    config = yaml.safe_load(k8s_settings.k8s_config_file.read_text())
+    config["defaults"]["resources"] = {"requests": {"cpu": "1000"}}  # more than any node has
+    k8s_settings.k8s_config_file.write_text(yaml.safe_dump(config))
+    with service_in_thread(k8s_settings) as service:
+        experiment = create(
+            service.http, small_parts(QUICK_DVC, repo_json=remote_repo(git_server, s3_server))
+        )
+        run_id = run_on(service, experiment["experiment_id"], "job", namespace)
+        stuck = wait_for(
+            lambda: (
+                "Unschedulable" in str((r := service.http.get(f"/runs/{run_id}").json())["reason"])
+                and r
+            ),
+            60,
+            what="the run to report why it is stuck",
+        )
+        assert stuck["state"] == "running"
+        assert "Insufficient cpu" in str(stuck["reason"])
+        assert "waiting: Unschedulable" in service.http.get(f"/runs/{run_id}/logs").text
+        assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"
