@@ -12,7 +12,6 @@ that ends with exactly one Job. Job pods are run on this host by JobDriver.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +25,14 @@ from tests.support.bundles import (
     FAILING_DVC,
     QUICK_DVC,
     SLEEPY_DVC,
+    clone_run,
     create,
+    provision_ready,
     sample_parts,
     small_parts,
 )
 from tests.support.cluster import MANUAL_DRIVE, Cluster
-from tests.support.gitserver import GitHttpServer, basic_auth_header, isolated_git_env
+from tests.support.gitserver import GitHttpServer
 from tests.support.jobdriver import JobDriver
 from tests.support.s3server import S3Server
 from tests.support.service import RunningService, service_in_thread
@@ -296,15 +297,7 @@ def test_exec_run_in_a_statefulset_publishes_to_git_and_s3_without_leaks(
     experiment = create(service.http, sample_parts(repo))
     spec = {"kind": "StatefulSet", "name": "trainer", "namespace": namespace,
             "experiment_id": experiment["experiment_id"]}  # fmt: skip
-    assert service.http.post("/resource/k8s/create", json=spec).status_code == 201
-    wait_for(
-        lambda: (
-            service.http.get(f"/resources/{namespace}/sts/trainer").json()["readiness"]["ready"]
-            == 1
-        ),
-        60,
-        what="trainer-0 ready",
-    )
+    provision_ready(service.http, spec)
     run_id = run_on(
         service, experiment["experiment_id"], "sts/trainer", namespace, params={"train.C": 0.2}
     )
@@ -312,20 +305,10 @@ def test_exec_run_in_a_statefulset_publishes_to_git_and_s3_without_leaks(
     assert run["state"] == "succeeded", service.http.get(f"/runs/{run_id}/logs").text
     assert run["result"]["metrics"]["metrics.json"]["accuracy"] > 0.8  # type: ignore[index]
 
-    env = isolated_git_env(tmp_path / "home")
-    env.update(
-        GIT_SSL_CAINFO=str(git_server.ca_file),
-        GIT_CONFIG_COUNT="1",
-        GIT_CONFIG_KEY_0="http.extraHeader",
-        GIT_CONFIG_VALUE_0=f"Authorization: {basic_auth_header('mlexp-bot', TOKEN)}",
-    )
-    env = s3_server.subprocess_env(env)
-    clone = tmp_path / "clone"
     url = str(repo["git"]["url"])  # type: ignore[index]
-    subprocess.run(
-        ["git", "clone", "-q", "-b", f"runs/{run_id}", url, str(clone)], env=env, check=True
+    clone = clone_run(
+        url=url, run_id=run_id, dest=tmp_path / "clone", git=git_server, s3=s3_server, token=TOKEN
     )
-    subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=env, check=True)
     assert (clone / "models" / "model.pkl").stat().st_size > 0
 
     # Credentials: only in the Secret. Scan every other object, the events and the logs.
@@ -360,15 +343,7 @@ def test_cancel_an_exec_run(
     )
     spec = {"kind": "Deployment", "name": "pool", "namespace": namespace,
             "experiment_id": experiment["experiment_id"]}  # fmt: skip
-    assert service.http.post("/resource/k8s/create", json=spec).status_code == 201
-    wait_for(
-        lambda: (
-            service.http.get(f"/resources/{namespace}/deploy/pool").json()["readiness"]["ready"]
-            == 1
-        ),
-        60,
-        what="pool ready",
-    )
+    provision_ready(service.http, spec)
     run_id = run_on(service, experiment["experiment_id"], "deploy/pool", namespace)
     wait_for(
         lambda: "step 4: dvc repro" in service.http.get(f"/runs/{run_id}/logs").text,

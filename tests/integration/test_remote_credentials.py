@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from controller.settings import Settings
-from tests.support.bundles import create, sample_parts, start
-from tests.support.gitserver import GitHttpServer, basic_auth_header, isolated_git_env
+from tests.support.bundles import clone_run, create, sample_parts, start
+from tests.support.gitserver import GitHttpServer, basic_auth_header
 from tests.support.s3server import S3Server
 from tests.support.service import service_in_thread
 
@@ -76,26 +76,16 @@ def test_https_git_and_s3_run_end_to_end_without_leaks(
     assert any("runs" in key for key in keys), keys
 
     # A client with its own credentials gets the results back.
-    env = isolated_git_env(tmp_path / "home")
-    env.update(
-        GIT_SSL_CAINFO=str(git_server.ca_file),
-        GIT_CONFIG_COUNT="1",
-        GIT_CONFIG_KEY_0="http.extraHeader",
-        GIT_CONFIG_VALUE_0=f"Authorization: {basic_auth_header('mlexp-bot', token)}",
+    clone = clone_run(
+        url=url, run_id=run_id, dest=tmp_path / "clone", git=git_server, s3=s3_server, token=token
     )
-    env = s3_server.subprocess_env(env)
-    clone = tmp_path / "clone"
-    subprocess.run(
-        ["git", "clone", "-q", "-b", f"runs/{run_id}", url, str(clone)], env=env, check=True
-    )
-    subprocess.run(["dvc", "pull", "-q"], cwd=clone, env=env, check=True)
     assert (clone / "models" / "model.pkl").stat().st_size > 0
 
     # Scan for the secrets everywhere they must not be.
     secrets = [token, s3_server.secret_access_key, basic_auth_header("mlexp-bot", token).split()[1]]
     history = subprocess.run(
         ["git", "log", "-p", "--all", "--format=%H %an %s%n%b"],
-        cwd=clone, env=env, capture_output=True, text=True, check=True,
+        cwd=clone, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "endpointurl" in (clone / ".dvc" / "config").read_text()
     places = {"git history": history, "git config": (clone / ".git" / "config").read_text()}

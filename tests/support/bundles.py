@@ -4,9 +4,14 @@ small ones whose stages sleep or fail on purpose."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
+
+from tests.support.gitserver import GitHttpServer, basic_auth_header, isolated_git_env
+from tests.support.s3server import S3Server
+from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +98,37 @@ stages:
     outs: [done]
 """
 """A stage that starts, then waits until the file named by ``gate`` exists."""
+
+
+def clone_run(
+    *, url: str, run_id: str, dest: Path, git: GitHttpServer, s3: S3Server, token: str
+) -> Path:
+    """What a client does for a run's results: git clone -b runs/<id>, then dvc pull,
+    with its own credentials (an auth header for git, AWS_* for DVC)."""
+    env = isolated_git_env(dest.parent / "client-home")
+    env.update(
+        GIT_SSL_CAINFO=str(git.ca_file),
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="http.extraHeader",
+        GIT_CONFIG_VALUE_0=f"Authorization: {basic_auth_header('mlexp-bot', token)}",
+    )
+    env = s3.subprocess_env(env)
+    subprocess.run(
+        ["git", "clone", "-q", "-b", f"runs/{run_id}", url, str(dest)], env=env, check=True
+    )
+    subprocess.run(["dvc", "pull", "-q"], cwd=dest, env=env, check=True)
+    return dest
+
+
+def provision_ready(http: httpx.Client, spec: dict[str, object], timeout: float = 60) -> None:
+    """POST /resource/k8s/create, then wait until its first pod is ready."""
+    response = http.post("/resource/k8s/create", json=spec)
+    assert response.status_code == 201, response.text
+    short = {"StatefulSet": "sts", "Deployment": "deploy"}[str(spec["kind"])]
+    path = f"/resources/{spec['namespace']}/{short}/{spec['name']}"
+
+    def ready() -> bool:
+        readiness = http.get(path).json()["readiness"]
+        return bool(readiness and readiness["ready"] >= 1)
+
+    wait_for(ready, timeout, what=f"{short}/{spec['name']} ready")
