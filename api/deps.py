@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from controller.domain.errors import Forbidden, InvalidInput
-from controller.services.auth import LOCAL_ADMIN, Principal
+from controller.services.auth import LOCAL_ADMIN, Principal, is_loopback
 from controller.services.container import Services
 from controller.services.experiments import ExperimentService
 from controller.services.resources import ResourceService
@@ -23,22 +22,11 @@ def services(request: Request) -> Services:
 def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> Principal:
     if svc.tokens is None:
         # No tokens file: the service is for this machine's users only.
-        if not _is_loopback(request.client.host if request.client else None):
+        if not is_loopback(request.client.host if request.client else None):
             raise Forbidden("this service accepts requests from loopback only (no tokens file)")
         return LOCAL_ADMIN
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return svc.tokens.authenticate(token.strip() if scheme.lower() == "bearer" else None)
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host in ("localhost", "testclient"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def experiment_service(svc: Annotated[Services, Depends(services)]) -> ExperimentService:

@@ -16,7 +16,6 @@ http://127.0.0.1:8080) with ``--token`` (env ``MLEXP_TOKEN``).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import socket
@@ -31,6 +30,7 @@ import httpx
 import yaml
 
 from controller.client import ApiError, JsonObject, MlexpClient
+from controller.services.auth import is_loopback
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"MLEXP_{name}"] = str(value)
     settings = load_settings()
-    if settings.tokens_file is None and not _loopback(settings.host):
+    if settings.tokens_file is None and not is_loopback(settings.host):
         print(
             f"error: refusing to listen on {settings.host} without a tokens file "
             "(set MLEXP_TOKENS_FILE, see config.templ/tokens.yaml)",
@@ -76,15 +76,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- experiments -------------------------------------------------------------
@@ -237,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env = dict(
         os.environ, MLEXP_DATA_DIR=str(data_dir), MLEXP_PORT=str(port), MLEXP_HOST="127.0.0.1"
     )
+    env.setdefault("MLEXP_LOG_LEVEL", "WARNING")  # the run's own log is what the demo shows
     print(f"==> starting mlexp-ctrl on 127.0.0.1:{port} (data dir {data_dir})")
     server = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve"], env=env)
     try:

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import Caller, Runs
 from controller.domain.bundle import parse_repo_json
-from controller.domain.errors import InvalidInput, NotFound
+from controller.domain.errors import InvalidInput, NotFound, summary, validation_details
 from controller.domain.models import Run, RunState
 from controller.services.auth import Principal
 from controller.services.runs import RunRequest, RunService
@@ -122,12 +122,8 @@ def _text(value: object) -> str | None:
 
 
 def _invalid(exc: ValidationError) -> InvalidInput:
-    details: list[dict[str, object]] = [
-        {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]}
-        for err in exc.errors(include_input=False, include_url=False)
-    ]
-    summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details)
-    return InvalidInput(f"invalid run request: {summary}", errors=details)
+    details = validation_details(exc)
+    return InvalidInput(f"invalid run request: {summary(details)}", errors=details)
 
 
 @router.get("/runs", response_model=list[Run])

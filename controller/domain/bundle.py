@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from controller.domain.errors import InvalidBundle
+from controller.domain.errors import InvalidBundle, summary, validation_details
 
 MAX_REPO_JSON_BYTES = 64 * 1024
 
@@ -96,12 +96,8 @@ def parse_repo_json(data: bytes, *, profile: Profile) -> RepoSpec:
     try:
         spec = RepoSpec.model_validate(raw)
     except ValidationError as exc:
-        errors: list[dict[str, object]] = [
-            {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_input=False, include_url=False)
-        ]
-        summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
-        raise InvalidBundle(f"repo_json is invalid: {summary}", errors=errors) from None
+        errors = validation_details(exc)
+        raise InvalidBundle(f"repo_json is invalid: {summary(errors)}", errors=errors) from None
     check_locations(spec, profile=profile)
     return spec
 

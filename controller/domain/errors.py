@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 
 class MlexpError(Exception):
     """Base of every error the service reports to a client."""
@@ -89,3 +91,16 @@ class ExternalError(MlexpError):
     """A backing system (git, DVC, S3, Kubernetes) failed; the detail is redacted."""
 
     title = "Backing system failed"
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, object]]:
+    """pydantic's errors as ``{loc, msg, type}``, never with the offending input (it may be
+    a credential)."""
+    return [
+        {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_input=False, include_url=False, include_context=False)
+    ]
+
+
+def summary(details: Sequence[dict[str, object]], *, empty_loc: str = "(body)") -> str:
+    return "; ".join(f"{d['loc'] or empty_loc}: {d['msg']}" for d in details)

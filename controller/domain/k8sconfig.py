@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.domain.errors import Forbidden, InvalidInput
+from controller.domain.errors import Forbidden, InvalidInput, summary, validation_details
 from controller.domain.naming import is_dns1123_label
 from controller.domain.safeyaml import load_yaml
 from controller.domain.workloads import Resources, is_label_key, is_label_value, is_subdomain
@@ -166,10 +166,7 @@ def load_k8s_config(path: Path) -> K8sConfig:
     try:
         config = K8sConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_url=False)
-        )
+        problems = summary(validation_details(exc), empty_loc="(file)")
         raise ValueError(f"{path}: {problems}") from None
     if config.kubeconfig is None:
         return config

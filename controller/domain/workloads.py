@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.domain.errors import InvalidInput
+from controller.domain.errors import InvalidInput, validation_details
 from controller.domain.safeyaml import load_yaml
 
 __all__ = [
@@ -411,10 +411,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def _invalid_spec(exc: ValidationError) -> InvalidInput:
     """One message: unknown keys first (by path), then every other rule broken."""
-    errors: list[dict[str, object]] = [
-        {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_input=False, include_url=False, include_context=False)
-    ]
+    errors = validation_details(exc)
     unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
     other = [
         f"{e['loc'] or '(spec)'}: {e['msg']}" for e in errors if e["type"] != "extra_forbidden"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ class Principal:
 
 
 LOCAL_ADMIN = Principal(name="local", namespaces=("*",), admin=True)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a listen address or client host is this machine only."""
+    if host is None:
+        return False
+    if host in ("localhost", "testclient"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class TokenRegistry:
