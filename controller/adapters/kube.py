@@ -341,6 +341,25 @@ class KubeApi:
         )
         return str(result)
 
+    def follow_pod_log(self, namespace: str, pod: str) -> Iterator[bytes]:
+        """The pod's log as it is written, until the container ends (``follow=true``)."""
+        what = f"follow the log of pod {namespace}/{pod}"
+        response = self._call(
+            "read",
+            what,
+            self.core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            follow=True,
+            _preload_content=False,
+        )
+        try:
+            yield from response.stream(4096, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ExternalError(f"{what}: {type(exc).__name__}") from exc
+        finally:
+            response.release_conn()
+
     def call_count(self) -> dict[str, int]:
         with self._calls_lock:
             return dict(self.calls)

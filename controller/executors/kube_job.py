@@ -5,14 +5,16 @@ launch (a restart between create and record) finds the first Job and adopts
 it. The credentials Secret is applied server-side (one per experiment and
 namespace); the Job and ConfigMap reference it and hold no credential. The
 ConfigMap is owned by the Job, so deleting the Job removes it. Status comes
-from :class:`JobTracker`'s watches; the pod's log is copied into the run's log
-in the data dir, so it outlives the pod.
+from :class:`JobTracker`'s watches; each pod's log is followed into the run's
+log in the data dir as it is written, so it can be streamed and outlives the pod.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from pathlib import Path
 
 from controller import runner
@@ -26,6 +28,8 @@ from controller.planning import manifests as m
 log = logging.getLogger("mlexp.kube")
 
 CANCEL_TIMEOUT = 120.0
+LOG_DRAIN_SECONDS = 10.0
+LOG_RETRY_SECONDS = 1.0
 
 
 class JobExecutor:
@@ -124,8 +128,18 @@ class JobExecutor:
         return m.pull_secret_name(request.run.experiment_id)
 
     def wait(self, handle: Handle) -> Outcome:
-        result, reason = self.tracker.wait_finished(str(handle["namespace"]), str(handle["job"]))
-        self._copy_logs(handle)
+        namespace, name = str(handle["namespace"]), str(handle["job"])
+        followers: list[threading.Thread] = []
+
+        def follow(pod: str) -> None:
+            followers.append(threading.current_thread())
+            self._follow_log(namespace, name, pod, Path(str(handle["log"])))
+
+        self.tracker.on_pod_started(namespace, name, follow)
+        result, reason = self.tracker.wait_finished(namespace, name)
+        self.tracker.forget_job(namespace, name)
+        for thread in list(followers):
+            thread.join(timeout=LOG_DRAIN_SECONDS)  # the stream ends with the container
         if result == "Complete":
             return Outcome("succeeded")  # the result is read from what was published
         return Outcome("failed", reason=reason)
@@ -153,17 +167,26 @@ class JobExecutor:
     def cleanup(self, handle: Handle) -> None:
         """Nothing: ttlSecondsAfterFinished removes the Job (and, through it, the ConfigMap)."""
 
-    def _copy_logs(self, handle: Handle) -> None:
-        """Copy the Job's pod logs into the run's log in the data dir (it outlives the pods)."""
-        namespace, name = str(handle["namespace"]), str(handle["job"])
-        try:
-            pods, _ = self.kube.select("Pod", namespace, f"job-name={name}")
-            with Path(str(handle["log"])).open("a") as out:
-                for pod in pods:
-                    pod_name = str(pod["metadata"]["name"])
-                    text = self.kube.pod_log(namespace, pod_name)
-                    out.write(f"[mlexp] log of pod {pod_name}:\n{text}")
-                    if text and not text.endswith("\n"):
-                        out.write("\n")
-        except MlexpError as exc:
-            log.warning("pod log not copied", extra={"job": name, "error": exc.detail})
+    def _follow_log(self, namespace: str, job: str, pod: str, log_path: Path) -> None:
+        """Append the pod's log to the run's log in the data dir as it is written.
+
+        A log can be unavailable for a moment after the pod starts (the container is
+        still being created): retry until something was read or the Job has finished.
+        """
+        with log_path.open("ab") as out:
+            out.write(f"[mlexp] log of pod {pod}:\n".encode())
+            out.flush()
+            while True:
+                received = False
+                try:
+                    for chunk in self.kube.follow_pod_log(namespace, pod):
+                        received = True
+                        out.write(chunk)
+                        out.flush()
+                    return
+                except MlexpError as exc:
+                    job_obj = self.tracker.current(namespace, job)
+                    if received or job_obj is None or job_finished(job_obj) is not None:
+                        log.warning("pod log not followed", extra={"pod": pod, "error": exc.detail})
+                        return
+                time.sleep(LOG_RETRY_SECONDS)

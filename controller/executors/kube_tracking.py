@@ -119,6 +119,9 @@ class JobTracker:
         self._cond = threading.Condition()
         self._namespaces: dict[str, list[_Watch]] = {}
         self._stop = threading.Event()
+        # Job name -> what to call, once per pod, when one of its pods has started.
+        self._pod_started: dict[tuple[str, str], Callable[[str], None]] = {}
+        self._started_pods: set[tuple[str, str]] = set()
 
     def ensure(self, namespace: str) -> None:
         """Start watching ``namespace`` (once) and wait for its first listing."""
@@ -148,10 +151,39 @@ class JobTracker:
     def _pod_changed(self, kind: str, pod: Obj) -> None:
         if kind == "DELETED":
             return
-        run_id = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        run_id = labels.get(LABEL_RUN)
         reason = pod_stuck_reason(pod)
         if run_id and reason:
             self.on_stuck(str(run_id), reason)
+        self._maybe_started(str(meta.get("namespace")), labels.get("job-name"), pod)
+
+    def _maybe_started(self, namespace: str, job: object, pod: Obj) -> None:
+        if (pod.get("status") or {}).get("phase") not in ("Running", "Succeeded", "Failed"):
+            return
+        name = str((pod.get("metadata") or {}).get("name"))
+        with self._cond:
+            callback = self._pod_started.get((namespace, str(job)))
+            if callback is None or (namespace, name) in self._started_pods:
+                return
+            self._started_pods.add((namespace, name))
+        threading.Thread(
+            target=callback, args=(name,), daemon=True, name=f"mlexp-log-{name}"
+        ).start()
+
+    def on_pod_started(self, namespace: str, job: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(pod_name)`` once for each pod of ``job`` that starts (or has)."""
+        self.ensure(namespace)
+        with self._cond:
+            self._pod_started[(namespace, job)] = callback
+        pods, _ = self.kube.select("Pod", namespace, f"job-name={job}")
+        for pod in pods:
+            self._maybe_started(namespace, job, pod)
+
+    def forget_job(self, namespace: str, job: str) -> None:
+        with self._cond:
+            self._pod_started.pop((namespace, job), None)
 
     def current(self, namespace: str, name: str) -> Obj | None:
         with self._cond:

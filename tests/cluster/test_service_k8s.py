@@ -381,3 +381,25 @@ def test_a_stuck_job_run_says_why(
         assert "Insufficient cpu" in str(stuck["reason"])
         assert "waiting: Unschedulable" in service.http.get(f"/runs/{run_id}/logs").text
         assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"
+
+
+def test_a_job_runs_log_follows_the_pod_while_it_runs(
+    service: RunningService,
+    driver: JobDriver,
+    namespace: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    experiment = create(
+        service.http, small_parts(SLEEPY_DVC, repo_json=remote_repo(git_server, s3_server))
+    )
+    run_id = run_on(service, experiment["experiment_id"], "job", namespace)
+    with service.http.stream("GET", f"/runs/{run_id}/logs", params={"follow": "true"}) as stream:
+        seen = ""
+        for text in stream.iter_text():
+            seen += text
+            if "step 4: dvc repro" in seen:
+                break
+    assert "log of pod mlexp-" in seen
+    assert service.http.get(f"/runs/{run_id}").json()["state"] == "running"
+    assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"

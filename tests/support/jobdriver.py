@@ -127,20 +127,31 @@ class JobDriver:
                 )
         started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         work = mounts.get("/work", host)
-        done = subprocess.run(
-            command, cwd=work, env=env, capture_output=True, text=True, check=False, timeout=600
-        )
         log_path = self.cluster.log_path(self.namespace, name, container.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a") as out:
-            for line in (done.stdout + done.stderr).splitlines():
-                out.write(cri_log_line(line) + "\n")
+        # Line by line, as a container runtime would write it, so a follower sees it live.
+        with (
+            log_path.open("a") as out,
+            subprocess.Popen(
+                command,
+                cwd=work,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ) as child,
+        ):
+            assert child.stdout is not None
+            for line in child.stdout:
+                out.write(cri_log_line(line.rstrip("\n")) + "\n")
+                out.flush()
+        exit_code = child.wait()
         status = finished_pod_status(
-            {container.name: container.image}, done.returncode, started_at=started
+            {container.name: container.image}, exit_code, started_at=started
         )
         self.core.patch_namespaced_pod_status(name, self.namespace, status)
         with self._lock:
-            self.driven[name] = done.returncode
+            self.driven[name] = exit_code
 
 
 def _rewrite(arg: str, mounts: dict[str, Path]) -> str:
