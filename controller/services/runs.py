@@ -110,7 +110,7 @@ class RunService:
         if handle is None and run.resource == "job":
             # Launched, but the service stopped before recording it: launching again
             # finds the Job by its name and adopts it.
-            self._spawn(self._launch, run.run_id)
+            self._spawn(self._launch, run.run_id, False)
             return
         if handle is None:
             reason = "the service stopped before the runner started"
