@@ -72,7 +72,6 @@ class ExecExecutor:
             "pod": pod,
             "workdir": workdir,
             "log": str(request.log_path),
-            "offset": 0,
         }
         quoted = shlex.quote(workdir)
         # Byte counts instead of end-of-input: not every exec server passes stdin's close on.
@@ -110,7 +109,10 @@ class ExecExecutor:
         return status if isinstance(status, dict) else None
 
     def _copy_log(self, handle: Handle) -> None:
-        offset = int(str(handle.get("offset") or 0))
+        # How much of the pod's runner.log is already in ours, kept beside it so that a
+        # restarted service resumes where it was instead of copying it twice.
+        mark = Path(f"{handle['log']}.offset")
+        offset = int(mark.read_text() or 0) if mark.is_file() else 0
         workdir = shlex.quote(str(handle["workdir"]))
         result = self._exec(
             handle, f"tail -c +{offset + 1} {workdir}/{runner.LOG_FILE} 2>/dev/null || true"
@@ -118,7 +120,7 @@ class ExecExecutor:
         if result.stdout:
             with Path(str(handle["log"])).open("a") as out:
                 out.write(result.stdout)
-            handle["offset"] = offset + len(result.stdout.encode())
+            mark.write_text(str(offset + len(result.stdout.encode())))
 
     def is_active(self, handle: Handle) -> bool:
         try:
