@@ -23,6 +23,7 @@ from kubernetes import client
 from controller.settings import Settings
 from tests.support.bundles import (
     FAILING_DVC,
+    GATED_DVC,
     QUICK_DVC,
     SLEEPY_DVC,
     clone_run,
@@ -403,3 +404,35 @@ def test_a_job_runs_log_follows_the_pod_while_it_runs(
     assert "log of pod mlexp-" in seen
     assert service.http.get(f"/runs/{run_id}").json()["state"] == "running"
     assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"
+
+
+def test_restart_mid_exec_run_reattaches(
+    k8s_settings: Settings,
+    namespace: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"  # exec under kwok runs on this host, so the stage sees this path
+    with service_in_thread(k8s_settings) as first:
+        experiment = create(
+            first.http,
+            small_parts(GATED_DVC, f"gate: {gate}\n", repo_json=remote_repo(git_server, s3_server)),
+        )
+        spec = {"kind": "StatefulSet", "name": "gated", "namespace": namespace,
+                "experiment_id": experiment["experiment_id"]}  # fmt: skip
+        provision_ready(first.http, spec)
+        run_id = run_on(first, experiment["experiment_id"], "sts/gated", namespace)
+        wait_for(
+            lambda: "step 4: dvc repro" in first.http.get(f"/runs/{run_id}/logs").text,
+            120,
+            what="the gated stage to start",
+        )
+    with service_in_thread(k8s_settings) as second:
+        assert second.http.get(f"/runs/{run_id}").json()["state"] == "running"
+        gate.touch()
+        final = second.wait_run(run_id, timeout=240)
+        log = second.http.get(f"/runs/{run_id}/logs").text
+    assert final["state"] == "succeeded", log
+    assert "re-attached" in log
+    assert log.count("step 4: dvc repro") == 1  # the runner's log is not copied twice
