@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class ExecExecutor:
         self.work_root = work_root.rstrip("/")
         self.poll_seconds = poll_seconds
         self.runner_source = Path(runner.__file__).read_bytes()
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
 
     def pick_pod(self, namespace: str, kind: str, name: str) -> str:
         selector = m.label_selector(m.workload_selector(kind, name))
@@ -130,7 +135,7 @@ class ExecExecutor:
         return result.exit_code == 0
 
     def wait(self, handle: Handle) -> Outcome:
-        while True:
+        while not self._closed.is_set():
             self._copy_log(handle)
             status = self._status(handle)
             if status is not None and status.get("state") in ("succeeded", "failed"):
@@ -139,7 +144,8 @@ class ExecExecutor:
             if not self.is_active(handle):
                 self._copy_log(handle)
                 return self._outcome(self._status(handle))
-            time.sleep(self.poll_seconds)
+            self._closed.wait(self.poll_seconds)
+        return Outcome("failed", reason="the service stopped following the run")
 
     def outcome(self, handle: Handle) -> Outcome:
         return self._outcome(self._status(handle))

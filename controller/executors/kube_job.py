@@ -164,6 +164,9 @@ class JobExecutor:
         self.kube.delete("Job", namespace, name, foreground=True)
         return self.tracker.wait_gone(namespace, name, CANCEL_TIMEOUT)
 
+    def close(self) -> None:
+        self.tracker.stop()
+
     def cleanup(self, handle: Handle) -> None:
         """Nothing: ttlSecondsAfterFinished removes the Job (and, through it, the ConfigMap)."""
 

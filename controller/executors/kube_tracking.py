@@ -140,6 +140,8 @@ class JobTracker:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
 
     def _job_changed(self, kind: str, job: Obj) -> None:
         meta = job.get("metadata") or {}
@@ -195,7 +197,7 @@ class JobTracker:
         key = (namespace, name)
         seen = False
         with self._cond:
-            while True:
+            while not self._stop.is_set():
                 if key in self._jobs:
                     job = self._jobs[key]
                     if job is None:
@@ -206,7 +208,8 @@ class JobTracker:
                         finished = job_finished(job)
                         if finished is not None:
                             return finished
-                self._cond.wait(timeout=5)
+                self._cond.wait(timeout=1)
+        return "Stopped", "the service stopped following the Job"
 
     def wait_gone(self, namespace: str, name: str, timeout: float) -> bool:
         self.ensure(namespace)

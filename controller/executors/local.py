@@ -128,6 +128,9 @@ class LocalExecutor:
         processes.kill_group(pgid, signal.SIGKILL)
         return processes.wait_group_gone(pgid, 10.0)
 
+    def close(self) -> None:
+        """Nothing to end: waits on child processes return when the process exits."""
+
     def cleanup(self, handle: Handle) -> None:
         if not self.keep_workdirs:
             shutil.rmtree(str(handle["workdir"]), ignore_errors=True)

@@ -33,8 +33,6 @@ class Services:
 
     def close(self) -> None:
         self.runs.stop()
-        if self.tracker is not None:
-            self.tracker.stop()
         if self.kube is not None:
             self.kube.close()
         self.store.close()

@@ -90,6 +90,8 @@ class RunService:
     def stop(self) -> None:
         """Stop dispatching; running runners go on and are adopted at the next start."""
         self._stopping.set()
+        for executor in self.executors.values():
+            executor.close()
         if self._dispatcher is not None:
             self._dispatcher.join(timeout=5)
 
