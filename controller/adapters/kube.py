@@ -175,6 +175,18 @@ class KubeApi:
         )
         return self._plain(result)
 
+    def set_owner(self, kind: str, namespace: str, name: str, owner: Mapping[str, Any]) -> None:
+        """Add an owner reference (a merge patch of metadata only)."""
+        self._call(
+            "write",
+            f"set the owner of {kind} {namespace}/{name}",
+            self._method("patch", kind),
+            name,
+            namespace,
+            body={"metadata": {"ownerReferences": [dict(owner)]}},
+            _content_type="application/merge-patch+json",
+        )
+
     def create(self, manifest: Mapping[str, Any]) -> Obj:
         kind = str(manifest["kind"])
         meta = manifest["metadata"]
@@ -301,11 +313,15 @@ class KubeApi:
         }
         if container:
             kwargs["container"] = container
+        # kubernetes.stream swaps the ApiClient's transport for a websocket while it runs:
+        # an ApiClient of its own keeps every other call (from other threads) on HTTP.
+        exec_client = client.ApiClient(self.api_client.configuration)
+        exec_core = client.CoreV1Api(exec_client)
         session = self._call(
             "exec",
             what,
             stream,
-            self.core.connect_get_namespaced_pod_exec,
+            exec_core.connect_get_namespaced_pod_exec,
             pod,
             namespace,
             **kwargs,
@@ -326,6 +342,7 @@ class KubeApi:
             status = session.read_channel(ERROR_CHANNEL)
         finally:
             session.close()
+            exec_client.close()
         if code is None:
             raise ExternalError(f"{what}: no exit status ({status[:200]})")
         return ExecResult("".join(out), "".join(err), int(code))

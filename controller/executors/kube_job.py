@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from controller import runner
 from controller.adapters.kube import KubeApi
@@ -30,6 +31,8 @@ log = logging.getLogger("mlexp.kube")
 CANCEL_TIMEOUT = 120.0
 LOG_DRAIN_SECONDS = 10.0
 LOG_RETRY_SECONDS = 1.0
+LOG_RETRY_MAX_SECONDS = 30.0
+LOG_FOLLOW_TRIES = 8
 
 
 class JobExecutor:
@@ -79,6 +82,17 @@ class JobExecutor:
             tolerations=(),
             pod_labels=self.config.jobs.pod_labels,
         )
+        # The ConfigMap first, so the pod never starts without its runner; then the Job;
+        # then the Job becomes the ConfigMap's owner, so deleting it removes both.
+        configmap = m.runner_configmap(
+            run_id=run.run_id,
+            experiment_id=experiment_id,
+            namespace=namespace,
+            runner_source=self.runner_source,
+            spec=request.spec,
+        )
+        with contextlib.suppress(Conflict):  # an earlier launch made it; immutable, so the same
+            self.kube.create(configmap)
         try:
             created = self.kube.create(job)
         except Conflict:
@@ -88,19 +102,12 @@ class JobExecutor:
                 raise
             created = existing
         uid = str(created["metadata"]["uid"])
-        configmap = m.runner_configmap(
-            run_id=run.run_id,
-            experiment_id=experiment_id,
-            namespace=namespace,
-            runner_source=self.runner_source,
-            spec=request.spec,
-            owner_references=[
-                m.owner_reference(api_version="batch/v1", kind="Job", name=job_name, uid=uid)
-            ],
+        self.kube.set_owner(
+            "ConfigMap",
+            namespace,
+            m.run_configmap_name(run.run_id),
+            m.owner_reference(api_version="batch/v1", kind="Job", name=job_name, uid=uid),
         )
-        # Created by an earlier launch: it is immutable, so it is the same.
-        with contextlib.suppress(Conflict):
-            self.kube.create(configmap)
         handle: Handle = {
             "kind": "job",
             "namespace": namespace,
@@ -162,7 +169,15 @@ class JobExecutor:
     def cancel(self, handle: Handle) -> bool:
         namespace, name = str(handle["namespace"]), str(handle["job"])
         self.kube.delete("Job", namespace, name, foreground=True)
-        return self.tracker.wait_gone(namespace, name, CANCEL_TIMEOUT)
+        deadline = time.monotonic() + CANCEL_TIMEOUT
+        if not self.tracker.wait_gone(namespace, name, CANCEL_TIMEOUT):
+            return False
+        # The watch may not have delivered the Job yet: the API server has the last word.
+        while self.kube.get("Job", namespace, name) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     def close(self) -> None:
         self.tracker.stop()
@@ -174,22 +189,40 @@ class JobExecutor:
         """Append the pod's log to the run's log in the data dir as it is written.
 
         A log can be unavailable for a moment after the pod starts (the container is
-        still being created): retry until something was read or the Job has finished.
+        being created): retry with a growing pause, a bounded number of times, while
+        the Job runs; if it never comes, the log is read once when the Job has ended.
         """
+        pause = LOG_RETRY_SECONDS
         with log_path.open("ab") as out:
-            out.write(f"[mlexp] log of pod {pod}:\n".encode())
-            out.flush()
-            while True:
+            for _ in range(LOG_FOLLOW_TRIES):
                 received = False
                 try:
                     for chunk in self.kube.follow_pod_log(namespace, pod):
-                        received = True
+                        if not received:
+                            out.write(f"[mlexp] log of pod {pod}:\n".encode())
+                            received = True
                         out.write(chunk)
                         out.flush()
-                    return
-                except MlexpError as exc:
-                    job_obj = self.tracker.current(namespace, job)
-                    if received or job_obj is None or job_finished(job_obj) is not None:
-                        log.warning("pod log not followed", extra={"pod": pod, "error": exc.detail})
+                    if received:
                         return
-                time.sleep(LOG_RETRY_SECONDS)
+                except MlexpError as exc:
+                    if received:
+                        log.warning("pod log interrupted", extra={"pod": pod, "error": exc.detail})
+                        return
+                job_obj = self.tracker.current(namespace, job)
+                if job_obj is None or job_finished(job_obj) is not None:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, LOG_RETRY_MAX_SECONDS)
+            self._read_log_once(namespace, pod, out)
+
+    def _read_log_once(self, namespace: str, pod: str, out: BinaryIO) -> None:
+        try:
+            text = self.kube.pod_log(namespace, pod)
+        except MlexpError as exc:
+            log.warning("pod log not read", extra={"pod": pod, "error": exc.detail})
+            return
+        if text:
+            out.write(f"[mlexp] log of pod {pod}:\n{text}".encode())
+            if not text.endswith("\n"):
+                out.write(b"\n")

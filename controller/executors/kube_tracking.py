@@ -115,8 +115,10 @@ class JobTracker:
     def __init__(self, kube: KubeApi, on_stuck: Callable[[str, str], None]) -> None:
         self.kube = kube
         self.on_stuck = on_stuck
-        self._jobs: dict[tuple[str, str], Obj | None] = {}
-        self._cond = threading.Condition()
+        self._jobs: dict[tuple[str, str], Obj] = {}
+        self._cond = threading.Lock()
+        # One event per awaited Job: a change wakes its own waiters only, not all of them.
+        self._events: dict[tuple[str, str], threading.Event] = {}
         self._namespaces: dict[str, list[_Watch]] = {}
         self._stop = threading.Event()
         # Job name -> what to call, once per pod, when one of its pods has started.
@@ -141,14 +143,22 @@ class JobTracker:
     def stop(self) -> None:
         self._stop.set()
         with self._cond:
-            self._cond.notify_all()
+            for event in self._events.values():
+                event.set()
 
     def _job_changed(self, kind: str, job: Obj) -> None:
         meta = job.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         with self._cond:
-            self._jobs[key] = None if kind == "DELETED" else job
-            self._cond.notify_all()
+            if kind == "DELETED":
+                # Forget it (so memory stays bounded); its waiters see it gone.
+                self._jobs.pop(key, None)
+                event = self._events.pop(key, None)
+            else:
+                self._jobs[key] = job
+                event = self._events.get(key)
+        if event is not None:
+            event.set()
 
     def _pod_changed(self, kind: str, pod: Obj) -> None:
         if kind == "DELETED":
@@ -191,33 +201,41 @@ class JobTracker:
         with self._cond:
             return self._jobs.get((namespace, name))
 
+    def _event(self, key: tuple[str, str]) -> threading.Event:
+        with self._cond:
+            return self._events.setdefault(key, threading.Event())
+
     def wait_finished(self, namespace: str, name: str) -> tuple[str, str]:
         """Block until the Job finishes (or is deleted: ("Deleted", ...))."""
         self.ensure(namespace)
         key = (namespace, name)
+        event = self._event(key)
         seen = False
-        with self._cond:
-            while not self._stop.is_set():
-                if key in self._jobs:
-                    job = self._jobs[key]
-                    if job is None:
-                        if seen:
-                            return "Deleted", f"Job {name} was deleted before it finished"
-                    else:
-                        seen = True
-                        finished = job_finished(job)
-                        if finished is not None:
-                            return finished
-                self._cond.wait(timeout=1)
+        while not self._stop.is_set():
+            event.clear()  # before looking, so a change made meanwhile is not missed
+            with self._cond:
+                job = self._jobs.get(key)
+            if job is None and seen:
+                return "Deleted", f"Job {name} was deleted before it finished"
+            if job is not None:
+                seen = True
+                finished = job_finished(job)
+                if finished is not None:
+                    return finished
+            event.wait(timeout=5)
         return "Stopped", "the service stopped following the Job"
 
     def wait_gone(self, namespace: str, name: str, timeout: float) -> bool:
         self.ensure(namespace)
+        key = (namespace, name)
+        event = self._event(key)
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._jobs.get((namespace, name)) is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(timeout=remaining)
-        return True
+        while True:
+            event.clear()
+            with self._cond:
+                if self._jobs.get(key) is None:
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                return False
+            event.wait(timeout=remaining)

@@ -292,7 +292,9 @@ class RunService:
                 return
             try:
                 spec = runner_spec(
-                    run=run, experiment=experiment, cache_dir=str(self.settings.cache_dir)
+                    run=run,
+                    experiment=experiment,
+                    cache_dir=str(self.settings.cache_dir) if run.resource == "local" else None,
                 )
                 ca = self.settings.git_ca_bundle
                 repo = self.experiments.credentials(experiment.experiment_id)
