@@ -73,7 +73,10 @@ class RunService:
         self.kubernetes = kubernetes
         self._queue: queue.Queue[str] = queue.Queue()
         self._slots = threading.Semaphore(settings.max_concurrent_runs)
-        self._launching = threading.Lock()
+        # Per run: launch and cancel of one run exclude each other; different runs launch
+        # in parallel.
+        self._run_locks: dict[str, threading.Lock] = {}
+        self._run_locks_guard = threading.Lock()
         self._cancelling: set[str] = set()
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
@@ -230,7 +233,7 @@ class RunService:
             return cancelled
         self._cancelling.add(run_id)
         try:
-            with self._launching:
+            with self._run_lock(run_id):
                 handle = self.store.get_handle(run_id)
             executor = self._executor_for(run)
             if handle is not None and not executor.cancel(handle):
@@ -241,6 +244,14 @@ class RunService:
         finally:
             self._cancelling.discard(run_id)
         return self.get(principal, run_id)
+
+    def _run_lock(self, run_id: str) -> threading.Lock:
+        with self._run_locks_guard:
+            return self._run_locks.setdefault(run_id, threading.Lock())
+
+    def _forget_lock(self, run_id: str) -> None:
+        with self._run_locks_guard:
+            self._run_locks.pop(run_id, None)
 
     def log_path(self, run_id: str) -> Path:
         return self.settings.logs_dir / f"{run_id}.log"
@@ -282,7 +293,7 @@ class RunService:
         experiment = self.store.get_experiment(run.experiment_id)
         assert experiment is not None
         executor = self._executor_for(run)
-        with self._launching:
+        with self._run_lock(run_id):
             if (
                 run.state is RunState.QUEUED
                 and self.store.transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
@@ -375,6 +386,7 @@ class RunService:
             log.exception("following run failed", extra={"run_id": run_id})
             self._finish(run_id, Outcome("failed", reason="the service lost track of the runner"))
         finally:
+            self._forget_lock(run_id)
             if holds_slot:
                 self._slots.release()
 
