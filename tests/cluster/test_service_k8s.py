@@ -31,6 +31,7 @@ from tests.support.bundles import (
     provision_ready,
     sample_parts,
     small_parts,
+    wait_for_stage,
 )
 from tests.support.cluster import MANUAL_DRIVE, Cluster
 from tests.support.gitserver import GitHttpServer
@@ -346,11 +347,7 @@ def test_cancel_an_exec_run(
             "experiment_id": experiment["experiment_id"]}  # fmt: skip
     provision_ready(service.http, spec)
     run_id = run_on(service, experiment["experiment_id"], "deploy/pool", namespace)
-    wait_for(
-        lambda: "step 4: dvc repro" in service.http.get(f"/runs/{run_id}/logs").text,
-        120,
-        what="the stage to start",
-    )
+    wait_for_stage(service.http, run_id)
     response = service.http.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
@@ -423,11 +420,7 @@ def test_restart_mid_exec_run_reattaches(
                 "experiment_id": experiment["experiment_id"]}  # fmt: skip
         provision_ready(first.http, spec)
         run_id = run_on(first, experiment["experiment_id"], "sts/gated", namespace)
-        wait_for(
-            lambda: "step 4: dvc repro" in first.http.get(f"/runs/{run_id}/logs").text,
-            120,
-            what="the gated stage to start",
-        )
+        wait_for_stage(first.http, run_id)
     with service_in_thread(k8s_settings) as second:
         assert second.http.get(f"/runs/{run_id}").json()["state"] == "running"
         gate.touch()

@@ -132,3 +132,12 @@ def provision_ready(http: httpx.Client, spec: dict[str, object], timeout: float 
         return bool(readiness and readiness["ready"] >= 1)
 
     wait_for(ready, timeout, what=f"{short}/{spec['name']} ready")
+
+
+def wait_for_stage(http: httpx.Client, run_id: str, timeout: float = 120) -> None:
+    """Until the run's log shows that ``dvc repro`` has started."""
+    wait_for(
+        lambda: "step 4: dvc repro" in http.get(f"/runs/{run_id}/logs").text,
+        timeout,
+        what=f"run {run_id} to reach dvc repro",
+    )
