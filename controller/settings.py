@@ -8,18 +8,46 @@ with a clear message instead of failing a request later.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 from pydantic_settings.sources import PydanticBaseSettingsSource
 
 DEFAULT_CONFIG_FILE = Path("config/server.yaml")
 
 
+class LocalSettings(BaseModel):
+    """The local executor (``resource: local``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    isolation: Literal["sandbox", "none"] = Field(
+        default="sandbox",
+        description="sandbox: each run in its own bubblewrap sandbox (sees only its work dir, "
+        "the toolchain read-only, a private /tmp and its own processes). none: runs see the "
+        "whole machine as the service's user; refused with more than one principal.",
+    )
+
+
+class EgressSettings(BaseModel):
+    """Where URLs that callers give (git, S3 endpoint) may point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed although loopback, link-local or private "
+        "(e.g. 10.0.0.0/8 for an in-cluster git server).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; env wins over ``config/server.yaml``."""
 
-    model_config = SettingsConfigDict(env_prefix="MLEXP_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="MLEXP_", env_nested_delimiter="__", extra="forbid"
+    )
 
     data_dir: Path = Field(
         default=Path("data"),
@@ -46,6 +74,33 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     git_ca_bundle: Path | None = Field(
         default=None, description="CA bundle for https git remotes (sets GIT_SSL_CAINFO)."
+    )
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    local_roots: list[Path] = Field(
+        default_factory=list,
+        description="Local profile: directories under which git.url / dvc.url may be local "
+        "paths. Empty: only the repos and remotes the service keeps itself.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names accepted besides 127.0.0.1, localhost, [::1] and the "
+        "configured host ('*' accepts any).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to make state-changing requests (and CORS).",
+    )
+    max_active_runs: int = Field(
+        default=100,
+        ge=1,
+        description="Queued + running runs per principal (tokens file may override per principal).",
+    )
+    requests_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="Request rate per token principal (0: unlimited); "
+        "tokens file may override per principal.",
     )
 
     @classmethod

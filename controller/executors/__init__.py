@@ -37,6 +37,10 @@ class Launch:
     env: Mapping[str, str]  # the credential environment (see planning.runs.credential_env)
     repo: RepoSpec  # for the registry and image, on Kubernetes
     log_path: Path
+    # Local runs: paths outside the work dir the runner must write (the experiment's DVC
+    # cache, and its repo and DVC remote when they are local paths). Nothing else of the
+    # machine is writable from a sandboxed run.
+    writable: tuple[Path, ...] = ()
 
 
 class Executor(Protocol):

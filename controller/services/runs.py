@@ -21,6 +21,7 @@ from pathlib import Path
 
 from controller.adapters import gitrepo
 from controller.adapters.store import Store
+from controller.domain.bundle import is_local_url
 from controller.domain.errors import Conflict, ExternalError, InvalidInput, MlexpError, NotFound
 from controller.domain.k8sconfig import NamespacePolicy
 from controller.domain.models import JsonValue, Run, RunState, utcnow
@@ -302,15 +303,18 @@ class RunService:
                 release()
                 return
             try:
+                local = run.resource == "local"
+                # One DVC cache (and run-cache) per experiment: runs of one experiment share
+                # it, nothing computed for one experiment is reused by another.
+                cache = self.settings.cache_dir / experiment.experiment_id if local else None
                 spec = runner_spec(
-                    run=run,
-                    experiment=experiment,
-                    cache_dir=str(self.settings.cache_dir) if run.resource == "local" else None,
+                    run=run, experiment=experiment, cache_dir=str(cache) if cache else None
                 )
                 ca = self.settings.git_ca_bundle
                 repo = self.experiments.credentials(experiment.experiment_id)
                 env = credential_env(repo, git_ca_bundle=str(ca) if ca else None)
-                launch = Launch(run, spec, env, repo, self.log_path(run_id))
+                writable = _local_paths(experiment.git_url, experiment.dvc_url, cache)
+                launch = Launch(run, spec, env, repo, self.log_path(run_id), writable)
                 handle = executor.launch(launch)
                 self.store.set_handle(run_id, handle)
             except Exception as exc:
@@ -413,3 +417,12 @@ class RunService:
         if self.store.transition(run_id, RunState.FAILED, reason=reason):
             self.note(run_id, f"run failed: {reason}")
             log.info("run failed", extra={"run_id": run_id, "reason": reason})
+
+
+def _local_paths(git_url: str, dvc_url: str, cache: Path | None) -> tuple[Path, ...]:
+    """What a local run writes outside its work dir: its cache, and local repo and remote."""
+    if cache is None:
+        return ()
+    paths = [cache]
+    paths += [Path(url.removeprefix("file://")) for url in (git_url, dvc_url) if is_local_url(url)]
+    return tuple(paths)
