@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.middleware import BodyLimit, RequestId
+from api.browser import BrowserPolicy
+from api.middleware import BodyLimit, BrowserSafety, RequestId
 from api.routers import experiments, health, resources, runs
 from controller.logs import configure_logging
 from controller.services.container import Services, build_services
@@ -30,6 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or load_settings()
         configure_logging(resolved.log_level)
+        # Before anything is built: a malformed allowed_hosts/origins entry stops start-up.
+        app.state.browser = BrowserPolicy.from_settings(resolved)
         built: Services = build_services(resolved)
         built.runs.start()
         app.state.services = built
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mlexp-ctrl", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(BrowserSafety)  # runs before BodyLimit: refusals read no body
     app.add_middleware(RequestId)
     for module in (experiments, runs, resources, health):
         app.include_router(module.router)

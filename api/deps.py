@@ -20,13 +20,22 @@ def services(request: Request) -> Services:
 
 
 def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> Principal:
+    """Who is calling, and whether their request rate allows another request (429).
+
+    The token comes from the Authorization header only: never from a cookie (a browser
+    would attach it to a forged request) nor from the query string (it would end up in
+    logs and browser history).
+    """
     if svc.tokens is None:
-        # No tokens file: the service is for this machine's users only.
+        # No tokens file: the service is for this machine's users only (and not rate-limited).
         if not is_loopback(request.client.host if request.client else None):
             raise Forbidden("this service accepts requests from loopback only (no tokens file)")
         return LOCAL_ADMIN
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return svc.tokens.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    caller = svc.tokens.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    rate = caller.requests_per_second
+    svc.tokens.rates.admit(caller.name, svc.settings.requests_per_second if rate is None else rate)
+    return caller
 
 
 def experiment_service(svc: Annotated[Services, Depends(services)]) -> ExperimentService:

@@ -28,6 +28,7 @@ STATUS: list[tuple[type[errors.MlexpError], int]] = [
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
+    (errors.TooManyRequests, 429),
     (errors.ExternalError, 502),
 ]
 
@@ -41,6 +42,8 @@ def problem(
     status: int,
     title: str,
     detail: str,
+    *,
+    headers: dict[str, str] | None = None,
     **extra: object,
 ) -> JSONResponse:
     body: dict[str, object] = {
@@ -52,14 +55,27 @@ def problem(
         "request_id": getattr(request.state, "request_id", None),
     }
     body.update({k: v for k, v in extra.items() if v})
-    headers = {"WWW-Authenticate": 'Bearer realm="mlexp"'} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="mlexp"'
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.MlexpError)
     stages = exc.stages if isinstance(exc, errors.InvalidPipeline) else None
-    return problem(request, status_of(exc), exc.title, exc.detail, errors=exc.errors, stages=stages)
+    headers = (
+        {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.TooManyRequests) else None
+    )
+    return problem(
+        request,
+        status_of(exc),
+        exc.title,
+        exc.detail,
+        headers=headers,
+        errors=exc.errors,
+        stages=stages,
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,9 @@
-"""ASGI middleware: request ids, and the total upload size cap (413).
+"""ASGI middleware: request ids, browser safety (400/403, CORS), the upload size cap (413).
 
-The cap is enforced on the bytes actually received, not only on the
-Content-Length header, so a chunked upload cannot get past it.
+Plain ASGI callables rather than ``BaseHTTPMiddleware``: they sit on every
+request, and they answer refusals themselves (problem+json) without touching
+the request body. The cap is enforced on the bytes actually received, not only
+on the Content-Length header, so a chunked upload cannot get past it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.browser import BrowserPolicy
 from controller.domain.errors import PayloadTooLarge
 
 
@@ -31,6 +34,96 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+CORS_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE"
+CORS_HEADERS = b"Authorization, Content-Type"
+CORS_EXPOSED = b"Retry-After, X-Request-Id"
+HOST_REFUSED = (
+    "the Host header names a host this service does not answer to; add it to allowed_hosts"
+)
+
+
+class BrowserSafety:
+    """The rules of ``api.browser`` on every request, before the body is read.
+
+    1. Host (400): refuses names the service is not configured for (DNS rebinding);
+       ``GET /healthz`` is exempt, since Kubernetes probes send the pod's IP.
+    2. Origin (403): refuses state-changing requests from foreign pages (CSRF).
+    3. CORS, only when ``allowed_origins`` is set and only for those origins: preflights
+       are answered here, responses get ``Access-Control-Allow-Origin``; never credentials.
+
+    The policy is built by the app's lifespan from the settings (``app.state.browser``).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        policy: BrowserPolicy = scope["app"].state.browser
+        host: str | None = None
+        origin: str | None = None
+        fetch_site: str | None = None
+        preflight = False
+        hosts = 0
+        for name, value in scope["headers"]:
+            if name == b"host":
+                hosts += 1
+                host = value.decode("latin-1")
+            elif name == b"origin":
+                # Two Origin headers make no origin at all: refused below as malformed.
+                origin = value.decode("latin-1") if origin is None else "\n"
+            elif name == b"sec-fetch-site":
+                fetch_site = value.decode("latin-1")
+            elif name == b"access-control-request-method":
+                preflight = True
+        method: str = scope["method"]
+        probe = method == "GET" and scope["path"] == "/healthz"
+        if not probe and (hosts > 1 or not policy.host_allowed(host, scope["http_version"])):
+            await send_problem(scope, send, 400, "Host not allowed", HOST_REFUSED)
+            return
+        reason = policy.refusal(method, origin, fetch_site, host)
+        if reason is not None:
+            await send_problem(scope, send, 403, "Cross-origin request refused", reason)
+            return
+        if not policy.origins:
+            await self.app(scope, receive, send)  # no CORS unless configured
+            return
+        allowed = policy.allowed_origin(origin) if origin is not None else None
+        if allowed is not None and method == "OPTIONS" and preflight:
+            await _preflight(send, origin or allowed)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                headers.append((b"vary", b"Origin"))
+                if allowed is not None and origin is not None:
+                    headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+                    headers.append((b"access-control-expose-headers", CORS_EXPOSED))
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+async def _preflight(send: Send, origin: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-allow-methods", CORS_METHODS),
+                (b"access-control-allow-headers", CORS_HEADERS),
+                (b"access-control-max-age", b"600"),
+                (b"vary", b"Origin"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 class BodyLimit:
@@ -77,12 +170,18 @@ def _detail(max_bytes: int) -> str:
 
 
 async def _refuse(scope: Scope, send: Send, max_bytes: int) -> None:
+    await send_problem(scope, send, 413, PayloadTooLarge.title, _detail(max_bytes))
+
+
+async def send_problem(scope: Scope, send: Send, status: int, title: str, detail: str) -> None:
+    """A problem+json answer from middleware (before the app's error handlers); the
+    connection is closed, since the request body may not have been read."""
     body = json.dumps(
         {
             "type": "about:blank",
-            "title": PayloadTooLarge.title,
-            "status": 413,
-            "detail": _detail(max_bytes),
+            "title": title,
+            "status": status,
+            "detail": detail,
             "instance": scope.get("path", ""),
             "request_id": scope.get("state", {}).get("request_id"),
         }
@@ -90,7 +189,7 @@ async def _refuse(scope: Scope, send: Send, max_bytes: int) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),

@@ -939,6 +939,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "MLEXP_CONFIG_FILE": str(root / "no-server.yaml"),
             "MLEXP_GIT_CA_BUNDLE": str(git.ca_file),
             "MLEXP_LOG_LEVEL": args.log_level,
+            # The git and S3 servers listen on loopback, refused by default in this profile.
+            "MLEXP_EGRESS__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
         }
         bench = Bench(args, root, cluster, api, Remotes(git, s3), env)
         tag = uuid.uuid4().hex[:6]

@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from controller.services.container import StartupError, preflight
     from controller.settings import load_settings
 
     for name, value in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)):
@@ -66,6 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "(set MLEXP_TOKENS_FILE, see config.templ/tokens.yaml)",
             file=sys.stderr,
         )
+        return 2
+    try:
+        preflight(settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
         "api:app",

@@ -17,6 +17,13 @@ inside a pod reached by ``exec``. It needs only python3 (stdlib), ``git`` and
 If the run branch already exists in the remote, an earlier attempt published the
 run: the runner reports that commit instead of running again.
 
+The repository is the caller's: its tree may hold symlinks. Every file the runner
+writes or reads in it is opened component by component without following
+symlinks (:func:`open_beneath`), so nothing in the tree can redirect a write or a
+read outside the clone. Pipeline stages (``dvc repro``) get an environment without
+any credential, and the runner makes itself non-dumpable, so stage code cannot read
+the credentials from ``/proc/<runner>/environ`` or its memory either.
+
 Credentials come only from the environment: ``MLEXP_GIT_USERNAME`` and
 ``MLEXP_GIT_TOKEN`` become an HTTP ``Authorization`` header passed to git through
 ``GIT_CONFIG_*`` variables (never a URL, never ``.git/config``); S3 keys are the
@@ -29,9 +36,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -44,8 +55,93 @@ PID_FILE = "runner.pid"
 MAX_METRICS_BYTES = 1024 * 1024
 
 
+# What carries a credential in the runner's environment; stages get none of it.
+CREDENTIAL_PREFIXES = ("MLEXP_GIT_", "GIT_CONFIG_", "AWS_")
+CREDENTIAL_NAMES = frozenset({"AWS_DEFAULT_REGION"})  # not secret; stages may use it
+PR_SET_DUMPABLE = 4
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
 class StepFailed(Exception):
     """A step failed; the message is safe to show (no credentials)."""
+
+
+def open_beneath(root: Path, rel: str, flags: int, mode: int = 0o644) -> int:
+    """Open ``root/rel`` without following a symlink in any component of ``rel``.
+
+    With ``os.O_CREAT`` in ``flags`` missing parent directories are created. A
+    symlink (or a non-directory) on the way is refused with :class:`StepFailed`.
+    """
+    parts = [p for p in rel.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise StepFailed(f"refusing the path {rel!r}: not a plain relative path")
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, _DIR_NOFOLLOW, dir_fd=directory)
+            except FileNotFoundError:
+                if not flags & os.O_CREAT:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=directory)
+                child = os.open(part, _DIR_NOFOLLOW, dir_fd=directory)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise StepFailed(
+                        f"refusing {rel!r}: {part!r} in it is a symlink or not a directory"
+                    ) from None
+                raise
+            os.close(directory)
+            directory = child
+        try:
+            return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=directory)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StepFailed(f"refusing {rel!r}: it is a symlink") from None
+            raise
+    finally:
+        os.close(directory)
+
+
+def write_beneath(root: Path, rel: str, data: bytes) -> None:
+    fd = open_beneath(root, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
+    """The file's bytes, or None if it is missing, not a regular file, or over ``limit``."""
+    try:
+        fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, StepFailed):
+        return None
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return src.read(limit + 1)[:limit]
+
+
+def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for pipeline stages: no token, no S3 key, no git auth header."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k in CREDENTIAL_NAMES or not k.startswith(CREDENTIAL_PREFIXES)
+    }
+
+
+def make_undumpable() -> None:
+    """Keep same-user processes (stage code) out of our ``/proc/<pid>/environ`` and memory.
+
+    Without CAP_SYS_PTRACE nobody may then read them; children become dumpable again
+    when they exec, which is why stages also get an environment without credentials.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        log("warning: could not make the runner non-dumpable")
 
 
 def git_environment(base: Mapping[str, str]) -> dict[str, str]:
@@ -61,6 +157,8 @@ def git_environment(base: Mapping[str, str]) -> dict[str, str]:
         ("protocol.ext.allow", "never"),
         ("protocol.fd.allow", "never"),
         ("submodule.recurse", "false"),
+        # A redirect could send git past the egress check of the URL it was given.
+        ("http.followRedirects", "false"),
         ("advice.detachedHead", "false"),
         ("init.defaultBranch", "main"),
     ]
@@ -110,12 +208,18 @@ class Runner:
         log(f"step {self.step_no}: {title}")
         self.write_status("running", step=title)
 
-    def run(self, *argv: str, cwd: Path | None = None, check: bool = True) -> str:
+    def run(
+        self,
+        *argv: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
         log("$ " + " ".join(argv))
         proc = subprocess.run(
             argv,
             cwd=cwd or self.repo,
-            env=self.env,
+            env=self.env if env is None else env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -132,7 +236,12 @@ class Runner:
         status = {"state": state, "run_id": self.spec.get("run_id"), "pid": os.getpid()}
         status.update(fields)
         tmp = self.workdir / (STATUS_FILE + ".tmp")
-        tmp.write_text(json.dumps(status, indent=2))
+        # The work dir is writable by stage code: never write through what it left there.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(status, indent=2))
         tmp.replace(self.workdir / STATUS_FILE)
 
     # -- steps -------------------------------------------------------------
@@ -184,9 +293,7 @@ class Runner:
         files = self.spec.get("files") or {}
         assert isinstance(files, dict)
         for rel, text in files.items():
-            target = self.repo / str(rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(str(text))
+            write_beneath(self.repo, str(rel), str(text).encode())
             log(f"wrote {rel}")
         self.configure_cache()
 
@@ -194,7 +301,8 @@ class Runner:
         self.run("dvc", "pull", "--run-cache", "--allow-missing")
 
         self.step("dvc repro")
-        self.run("dvc", "repro")
+        # Stage code is the caller's: it runs without any credential in its environment.
+        self.run("dvc", "repro", env=without_credentials(self.env))
 
         self.step("commit results")
         self.run("git", "add", "--all")
@@ -224,17 +332,16 @@ class Runner:
         cache_dir = self.spec.get("cache_dir")
         if not cache_dir:
             return
-        local = self.repo / ".dvc" / "config.local"
-        local.write_text(f"[cache]\n    dir = {cache_dir}\n")
+        write_beneath(self.repo, ".dvc/config.local", f"[cache]\n    dir = {cache_dir}\n".encode())
 
     def read_metrics(self) -> dict[str, str]:
         metrics: dict[str, str] = {}
         names = self.spec.get("metrics_files") or []
         assert isinstance(names, list)
         for rel in names:
-            path = self.repo / str(rel)
-            if path.is_file() and path.stat().st_size <= MAX_METRICS_BYTES:
-                metrics[str(rel)] = path.read_text(errors="replace")
+            data = read_beneath(self.repo, str(rel), MAX_METRICS_BYTES)
+            if data is not None:
+                metrics[str(rel)] = data.decode(errors="replace")
         return metrics
 
 
@@ -288,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Credentials arrive on stdin in exec mode (one JSON line): never on a command line
         # or in a file.
         os.environ.update({str(k): str(v) for k, v in json.loads(sys.stdin.readline()).items()})
+    make_undumpable()
     if args.detach:
         detach(args.workdir)
     return Runner(spec, args.workdir.resolve()).main()

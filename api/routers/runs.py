@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import Caller, Runs
-from controller.domain.bundle import parse_repo_json
 from controller.domain.errors import InvalidInput, NotFound, summary, validation_details
 from controller.domain.models import Run, RunState
 from controller.services.auth import Principal
@@ -98,7 +97,7 @@ async def _from_seed_form(request: Request, caller: Principal, runs: RunService)
         raise InvalidInput("the multipart form needs a 'repo_json' file part")
     experiment_id = _text(form.get("experiment_id"))
     if experiment_id is None:
-        spec = parse_repo_json(await repo_json.read(), profile=runs.experiments.profile)
+        spec = await run_in_threadpool(runs.experiments.parse_repo, await repo_json.read())
         if spec.git.url is None:
             raise InvalidInput("experiment_id is required when repo_json has no git.url")
         found = await run_in_threadpool(

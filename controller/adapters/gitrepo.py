@@ -2,23 +2,31 @@
 
 Credentials reach git only through the environment (see
 :func:`controller.runner.git_environment`); nothing is written to a URL or to
-``.git/config``. Git's own messages are passed on (they never carry the auth
-header), shortened, as :class:`ExternalError`.
+``.git/config``. Nothing of a caller's repository is ever checked out here: commits
+are built with plumbing (see :func:`publish`). Failures reach the caller as a class
+("could not connect", "authentication failed", "not found"), as :class:`ExternalError`;
+git's own text, which may name internal addresses or paths, goes to the log only.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.domain.errors import ExternalError
+from controller.domain.errors import ExternalError, InvalidBundle
+from controller.domain.gitfailures import describe_git_failure
 from controller.runner import git_environment
 
-MAX_MESSAGE = 600
+log = logging.getLogger("mlexp.git")
+
+MAX_LOGGED = 2000
 PUSH_ATTEMPTS = 3
+GIT_TIMEOUT = 600  # seconds; a remote that stalls must not hold a request forever
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,10 @@ def publish(
 ) -> str:
     """Commit ``files`` on top of ``branch`` (or as its first commit) and push; returns the sha.
 
+    The commit is built with plumbing in a bare repository — blobs, an index, a tree,
+    ``commit-tree`` — so nothing of the caller's repository is ever checked out and no
+    symlink in it can redirect a write. A tip that holds a symlink, a submodule or a
+    file where the bundle writes (or a directory where it writes a file) is refused.
     A push that loses a race with another writer is retried on the new tip.
     """
     env = access.environment(base_env)
@@ -66,25 +78,120 @@ def publish(
         GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mlexp-publish-") as tmp:
-        work = Path(tmp)
-        _git(["init", "--quiet", f"--initial-branch={branch}", str(work)], env=env)
+        git_dir = Path(tmp) / "repo.git"
+        _git(["init", "--quiet", "--bare", str(git_dir)], env=env)
+        blobs = _write_blobs(git_dir, Path(tmp), files, env)
+        env["GIT_INDEX_FILE"] = str(Path(tmp) / "index")
         for attempt in range(1, PUSH_ATTEMPTS + 1):
-            _checkout_tip(work, access.url, branch, env)
-            for rel, data in files.items():
-                target = work / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-            _git(["add", "--all"], env=env, cwd=work)
-            _git(["commit", "--quiet", "--allow-empty", "-m", message], env=env, cwd=work)
+            tip = _fetch_tip(git_dir, access.url, branch, env)
+            entries = _tree_entries(git_dir, tip, env) if tip else {}
+            check_writable(entries, files.keys(), branch=branch)
+            _git(["read-tree", *([tip] if tip else ["--empty"])], env=env, cwd=git_dir)
+            index = "".join(
+                f"{_file_mode(entries.get(path))} {blobs[path]}\t{path}\0" for path in files
+            )
+            _git(["update-index", "-z", "--index-info"], env=env, cwd=git_dir, stdin=index)
+            tree = _git(["write-tree"], env=env, cwd=git_dir).stdout.strip()
+            parents = ["-p", tip] if tip else []
+            commit = _git(
+                ["commit-tree", tree, *parents, "-m", message], env=env, cwd=git_dir
+            ).stdout.strip()
             push = _git(
-                ["push", "--quiet", "--", access.url, f"HEAD:refs/heads/{branch}"],
-                env=env, cwd=work, check=False,
+                ["push", "--quiet", *_no_remote_hooks(access.url), "--", access.url,
+                 f"{commit}:refs/heads/{branch}"],
+                env=env, cwd=git_dir, check=False,
             )  # fmt: skip
             if push.returncode == 0:
-                return _git(["rev-parse", "HEAD"], env=env, cwd=work).stdout.strip()
+                return commit
             if "rejected" not in push.stderr or attempt == PUSH_ATTEMPTS:
-                raise ExternalError(_failure("git push", access.url, push.stderr))
+                raise ExternalError(describe_git_failure("push", push.stderr))
     raise AssertionError("unreachable")
+
+
+# Modes in a git tree: what the bundle may replace, and what makes a path unusable.
+_REGULAR = ("100644", "100755")
+_KIND = {"120000": "a symlink", "160000": "a submodule", "040000": "a directory"}
+
+
+def check_writable(entries: Mapping[str, str], paths: Iterable[str], *, branch: str) -> None:
+    """Refuse when the tip would turn a write into something else than a plain file write.
+
+    ``entries`` maps every path of the tip's tree (directories included) to its mode.
+    A parent directory must be a directory; the path itself absent or a regular file.
+    """
+    for path in sorted(paths):
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            mode = entries.get(prefix)
+            if mode is None:
+                break
+            last = depth == len(parts)
+            if (last and mode in _REGULAR) or (not last and mode == "040000"):
+                continue
+            what = _KIND.get(mode, f"an entry of mode {mode}")
+            if not last and mode in _REGULAR:
+                what = "a file"
+            raise InvalidBundle(
+                f"branch {branch!r} has {what} at {prefix!r}, where the bundle writes "
+                f"{path!r}; remove it from the branch or use another branch",
+                errors=[{"loc": path, "msg": f"{prefix} is {what}", "type": "path_conflict"}],
+            )
+
+
+def _write_blobs(
+    git_dir: Path, tmp: Path, files: Mapping[str, bytes], env: Mapping[str, str]
+) -> dict[str, str]:
+    """Store every file as a blob in one ``hash-object`` call; the files it reads are ours
+    (numbered, in our temp dir), never paths of the caller's tree."""
+    staged = tmp / "blobs"
+    staged.mkdir()
+    names = []
+    for number, data in enumerate(files.values()):
+        blob = staged / str(number)
+        blob.write_bytes(data)
+        names.append(str(blob))
+    if not names:
+        return {}
+    hashed = _git(
+        ["hash-object", "-w", "--no-filters", "--stdin-paths"],
+        env=env, cwd=git_dir, stdin="\n".join(names) + "\n",
+    ).stdout.split()  # fmt: skip
+    shutil.rmtree(staged)
+    return dict(zip(files, hashed, strict=True))
+
+
+def _fetch_tip(git_dir: Path, url: str, branch: str, env: dict[str, str]) -> str | None:
+    heads = _git(["ls-remote", "--heads", "--", url, branch], env=env, cwd=git_dir).stdout
+    wanted = f"refs/heads/{branch}"
+    if not any(line.split("\t")[-1] == wanted for line in heads.splitlines()):
+        return None
+    _git(["fetch", "--quiet", "--depth=1", "--", url, wanted], env=env, cwd=git_dir)
+    return _git(["rev-parse", "FETCH_HEAD"], env=env, cwd=git_dir).stdout.strip()
+
+
+def _tree_entries(git_dir: Path, commit: str, env: Mapping[str, str]) -> dict[str, str]:
+    """Every path in ``commit``'s tree (recursively, directories included) -> its mode."""
+    listed = _git(["ls-tree", "-r", "-t", "-z", "--full-tree", commit], env=env, cwd=git_dir)
+    entries: dict[str, str] = {}
+    for record in listed.stdout.split("\0"):
+        if record:
+            meta, _, path = record.partition("\t")
+            entries[path] = meta.split(" ", 1)[0]
+    return entries
+
+
+def _file_mode(existing: str | None) -> str:
+    return existing if existing == "100755" else "100644"
+
+
+def _no_remote_hooks(url: str) -> list[str]:
+    """For a repository on this machine, git starts ``receive-pack`` itself, without the
+    ``GIT_CONFIG_*`` settings that disable hooks: pass the setting on its command line, so
+    hooks that a run could have planted in a local repository never run as the service."""
+    if url.startswith(("/", "file://")):
+        return ["--receive-pack=git -c core.hooksPath=/dev/null receive-pack"]
+    return []
 
 
 def read_published(
@@ -108,33 +215,33 @@ def read_published(
         return commit, files
 
 
-def _checkout_tip(work: Path, url: str, branch: str, env: dict[str, str]) -> None:
-    """Reset the work tree to the remote branch's tip, or to an unborn branch."""
-    heads = _git(["ls-remote", "--heads", "--", url, branch], env=env, cwd=work).stdout.split()
-    if heads:
-        _git(["fetch", "--quiet", "--depth=1", "--", url, branch], env=env, cwd=work)
-        _git(["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"], env=env, cwd=work)
-    else:
-        _git(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], env=env, cwd=work)
-
-
 def _git(
     args: list[str],
     *,
     env: Mapping[str, str] | None,
     cwd: Path | None = None,
     check: bool = True,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=GIT_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise ExternalError(
+            f"git {args[0]} did not finish within {GIT_TIMEOUT} s (could not connect "
+            "to the git server, or it stalled)"
+        ) from None
     if check and proc.returncode != 0:
-        url = next((a for a in args if "://" in a or a.startswith("/")), "")
-        raise ExternalError(_failure(f"git {args[0]}", url, proc.stderr))
+        # git's own text may name internal addresses or server paths: log it, answer a class.
+        log.warning("git failed", extra={"command": args[0], "stderr": proc.stderr[-MAX_LOGGED:]})
+        raise ExternalError(describe_git_failure(args[0], proc.stderr))
     return proc
-
-
-def _failure(what: str, url: str, stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    text = "; ".join(lines)[-MAX_MESSAGE:] or "no output"
-    return f"{what} failed for {url}: {text}"

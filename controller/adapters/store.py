@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment_id, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_owner ON runs(owner, state);
 CREATE TABLE IF NOT EXISTS resources (
     namespace TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -106,17 +107,37 @@ class Store:
 
     def add_run(self, run: Run) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    run.run_id,
-                    run.experiment_id,
-                    run.owner,
-                    run.state.value,
-                    run.created_at.isoformat(),
-                    run.model_dump_json(),
-                ),
-            )
+            self._insert_run(db, run)
+
+    @staticmethod
+    def _insert_run(db: sqlite3.Connection, run: Run) -> None:
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (
+                run.run_id,
+                run.experiment_id,
+                run.owner,
+                run.state.value,
+                run.created_at.isoformat(),
+                run.model_dump_json(),
+            ),
+        )
+
+    def add_run_within(self, run: Run, *, max_active: int) -> int:
+        """Add ``run`` unless its owner already has ``max_active`` queued or running runs.
+
+        Returns how many they had before; the run was added if that is below the limit.
+        Count and insert are one transaction, so concurrent submits cannot overshoot.
+        """
+        active = (RunState.QUEUED.value, RunState.RUNNING.value)
+        with self._tx() as db:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM runs WHERE owner = ? AND state IN (?, ?)",
+                (run.owner, *active),
+            ).fetchone()
+            if count < max_active:
+                self._insert_run(db, run)
+        return int(count)
 
     def get_run(self, run_id: str) -> Run | None:
         with self._lock:

@@ -15,6 +15,7 @@ translated at the adapter boundary with ``raise ... from exc`` and never leak.
     ├── Forbidden               namespace or resource not allowed (403)
     ├── NotFound                no such experiment / run / resource (404)
     ├── Conflict                the object's state forbids the action (409)
+    ├── TooManyRequests         a per-principal quota is used up; carries retry_after (429)
     └── ExternalError           git, DVC, S3 or Kubernetes failed (502)
 
 Messages must never carry a credential: adapters build them from redacted
@@ -23,6 +24,7 @@ values only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -85,6 +87,17 @@ class NotFound(MlexpError):
 
 class Conflict(MlexpError):
     title = "Conflict"
+
+
+class TooManyRequests(MlexpError):
+    """A principal's quota (active runs, request rate) is used up; try again later."""
+
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        # Retry-After is whole seconds; never 0, which would invite an immediate retry.
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class ExternalError(MlexpError):

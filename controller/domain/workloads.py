@@ -286,6 +286,20 @@ class WorkloadSpec(_Strict):
     active_deadline_seconds: int | None = Field(default=None, ge=1, description="Job only.")
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     annotations: dict[str, str] = Field(default_factory=dict, max_length=32)
+    shared: bool = Field(
+        default=False,
+        description=(
+            "StatefulSet/Deployment: whether exec runs may share a pod. false (the default):"
+            " a pod runs at most one exec run at a time (a run that finds every ready pod busy"
+            " stays queued until one is free) and a run's process group is killed when it"
+            " ends, so no other run's process is there to read its environment"
+            " (/proc/<pid>/environ). true: several runs share a pod, each in its own work dir"
+            " and process group, but processes of one user in one container can read each"
+            " other's environment, so runs sharing a pod are not private from each other;"
+            " opt in only for runs that trust each other. Either way only the principal that"
+            " provisioned the workload (or an admin) runs in its pods."
+        ),
+    )
 
     @field_validator("command")
     @classmethod
@@ -346,6 +360,10 @@ class WorkloadSpec(_Strict):
             raise ValueError("a Job needs replicas >= 1 (its parallelism and completions)")
         if self.kind != "Job" and self.active_deadline_seconds is not None:
             raise ValueError("active_deadline_seconds applies to kind Job only")
+        if self.kind == "Job" and self.shared:
+            raise ValueError(
+                "shared applies to StatefulSet and Deployment only (runs exec into them)"
+            )
         return self
 
 

@@ -3,9 +3,15 @@
 Short ``exec`` calls do everything: copy ``runner.py`` and the spec into the run's
 own work dir in the pod, start the runner with ``--detach`` (credentials go in on
 stdin, so they are in no command line, file or pod spec), then poll its
-``status.json`` and copy new lines of its log. Several runs share a pod, each
-in its own work dir. The runner outlives the exec session and the control
-plane: after a restart the handle (pod, work dir, pid) finds it again.
+``status.json`` and copy new lines of its log. The runner outlives the exec
+session and the control plane: after a restart the handle (pod, work dir, pid,
+process group) finds it again.
+
+Which pod a run gets is the run service's decision (one run per pod unless the
+workload is ``shared``; see :mod:`controller.services.placement`); this module
+lists the ready pods and starts the runner in the one it is given. The runner
+detaches with ``setsid``, so each run is a process group of its own: cancel and
+clean-up signal that group and nothing else, which matters when runs share a pod.
 """
 
 from __future__ import annotations
@@ -27,6 +33,27 @@ log = logging.getLogger("mlexp.kube")
 
 POLL_SECONDS = 1.0
 CANCEL_GRACE = 5.0
+
+
+def _pgid_of(pid: str) -> str:
+    """Shell: the process group of ``pid`` (field 5 of /proc/<pid>/stat; comm may hold ") ")."""
+    return f"sed 's/^.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f3"
+
+
+# A line of /proc/<pid>/stat of a process that has not ended (state not Z or X), in
+# process group {group}. Anchored on the numeric fields after the last ") ", so a command
+# name (comm) crafted to look like those fields cannot fake it.
+_LIVE_IN_GROUP = r") [^ZX] [0-9-]+ {group} ([0-9-]+ ?)*$"
+_LIVE = r") [^ZX] ([0-9-]+ ?)*$"
+
+
+def _group(value: object) -> int | None:
+    """A process group worth signalling: never 0 or 1 (ours, or everything)."""
+    try:
+        group = int(str(value))
+    except ValueError:
+        return None
+    return group if group > 1 else None
 
 
 def pod_ready(pod: Obj) -> bool:
@@ -52,10 +79,14 @@ class ExecExecutor:
     def close(self) -> None:
         self._closed.set()
 
-    def pick_pod(self, namespace: str, kind: str, name: str) -> str:
+    def ready_pods(self, namespace: str, kind: str, name: str) -> list[str]:
+        """The workload's ready pods, by name."""
         selector = m.label_selector(m.workload_selector(kind, name))
         pods, _ = self.kube.select("Pod", namespace, selector)
-        ready = sorted(str(p["metadata"]["name"]) for p in pods if pod_ready(p))
+        return sorted(str(p["metadata"]["name"]) for p in pods if pod_ready(p))
+
+    def pick_pod(self, namespace: str, kind: str, name: str) -> str:
+        ready = self.ready_pods(namespace, kind, name)
         if not ready:
             raise Conflict(f"{kind}/{name} in {namespace} has no ready pod to run in")
         return ready[0]
@@ -66,10 +97,14 @@ class ExecExecutor:
         )
 
     def launch(self, request: Launch) -> Handle:
+        """Start the runner in the workload's first ready pod (the run service picks its own)."""
+        kind, _, name = request.run.resource.partition("/")
+        return self.launch_in(request, self.pick_pod(str(request.run.namespace), kind, name))
+
+    def launch_in(self, request: Launch, pod: str) -> Handle:
+        """Start the runner, detached, in ``pod``; the handle names the pod and process group."""
         run = request.run
-        kind, _, name = run.resource.partition("/")
         namespace = str(run.namespace)
-        pod = self.pick_pod(namespace, kind, name)
         workdir = f"{self.work_root}/{run.run_id}"
         handle: Handle = {
             "kind": "exec",
@@ -89,13 +124,20 @@ class ExecExecutor:
         started = self._exec(
             handle,
             f"cd {quoted} && python3 runner.py --spec spec.json --workdir . --detach --env-stdin"
-            " && cat runner.pid",
+            f' && pid=$(cat {runner.PID_FILE}) && echo "$pid $({_pgid_of("$pid")})"',
             json.dumps(dict(request.env)).encode() + b"\n",
         )
         self._check(started, "start the runner")
-        handle["pid"] = int(started.stdout.strip().splitlines()[-1])
+        pid, _, pgid = started.stdout.strip().splitlines()[-1].partition(" ")
+        handle["pid"] = int(pid)
+        # Read now, while the runner surely lives: a runner that is already gone has no
+        # group left to signal, and then there is nothing to stop either.
+        group = _group(pgid.strip())
+        if group is not None:
+            handle["pgid"] = group
         log.info(
-            "runner started in pod", extra={"run_id": run.run_id, "pod": pod, "pid": handle["pid"]}
+            "runner started in pod",
+            extra={"run_id": run.run_id, "pod": pod, "pid": pid, "pgid": group},
         )
         return handle
 
@@ -128,8 +170,20 @@ class ExecExecutor:
             mark.write_text(str(offset + len(result.stdout.encode())))
 
     def is_active(self, handle: Handle) -> bool:
+        """Whether anything of the run lives: a process of its group (older handles: its runner).
+
+        Zombies do not count: in a pod whose first process is ``sleep infinity``
+        nobody reaps the runner's orphans, and ``kill -0`` would call them alive.
+        """
+        group = _group(handle.get("pgid"))
+        if group is not None:
+            live = shlex.quote(_LIVE_IN_GROUP.format(group=group))
+            script = f"cat /proc/[0-9]*/stat 2>/dev/null | grep -Eq {live}"
+        else:
+            pid = int(str(handle["pid"]))
+            script = f"grep -Eq {shlex.quote(_LIVE)} /proc/{pid}/stat 2>/dev/null"
         try:
-            result = self._exec(handle, f"kill -0 {int(str(handle['pid']))}")
+            result = self._exec(handle, script)
         except MlexpError:
             return False
         return result.exit_code == 0
@@ -159,21 +213,45 @@ class ExecExecutor:
             return Outcome("failed", reason=str(status.get("error") or "the runner failed"))
         return Outcome("failed", reason=f"the runner stopped during {status.get('step')}")
 
+    def _group_of(self, handle: Handle) -> int | None:
+        """The run's process group: from the handle, or (older handles) from the live runner."""
+        group = _group(handle.get("pgid"))
+        if group is None:
+            pid = int(str(handle["pid"]))
+            group = _group(self._exec(handle, _pgid_of(str(pid))).stdout.strip())
+            if group is not None:
+                handle["pgid"] = group
+        return group
+
     def cancel(self, handle: Handle) -> bool:
-        pid = int(str(handle["pid"]))
-        self._exec(handle, f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null || true")
+        """SIGTERM to the run's process group, SIGKILL after a grace period; nothing else.
+
+        Other runs in the pod are other groups (each runner detached with setsid), so
+        they are untouched. True once no process of the group is left.
+        """
+        group = self._group_of(handle)
+        if group is None:  # the runner is gone and left no group behind
+            return not self.is_active(handle)
+        self._exec(handle, f"kill -s TERM -- -{group} 2>/dev/null || true")
         deadline = time.monotonic() + CANCEL_GRACE
         while time.monotonic() < deadline:
             if not self.is_active(handle):
                 return True
             time.sleep(0.2)
-        self._exec(handle, f"kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null || true")
+        self._exec(handle, f"kill -s KILL -- -{group} 2>/dev/null || true")
         time.sleep(0.2)
         return not self.is_active(handle)
 
     def cleanup(self, handle: Handle) -> None:
+        """End whatever the run left running in its group, then remove its work dir.
+
+        Before the pod takes another run: a stage's background process must not
+        outlive its run and watch the next one.
+        """
         workdir = shlex.quote(str(handle["workdir"]))
+        group = _group(handle.get("pgid"))
+        kill = f"kill -s KILL -- -{group} 2>/dev/null; " if group is not None else ""
         try:
-            self._exec(handle, f"rm -rf {workdir}")
+            self._exec(handle, f"{kill}rm -rf {workdir}")
         except MlexpError as exc:
             log.warning("work dir not removed", extra={"pod": handle["pod"], "error": exc.detail})

@@ -1,10 +1,15 @@
 """The local executor: the runner as a child process group on this machine.
 
 Each run gets its own work dir (``<data_dir>/work/<run_id>``) holding the
-spec, the clone and the runner's ``status.json``. The runner leads its own
-process group, so cancelling kills the pipeline's processes too. After a
-service restart the (pid, start time) pair tells whether a runner is still the
-one we started; its status file tells how it ended.
+spec, the clone and the runner's ``status.json``. With ``isolation: sandbox``
+(the default) the runner runs in a bubblewrap sandbox of its own
+(:mod:`controller.adapters.sandbox`); with ``none`` it sees the machine as the
+service's user does. Credentials reach the runner on its stdin, so they are in
+no file, command line or ``/proc/<pid>/environ`` of the sandbox's processes.
+The runner (or the sandbox) leads its own process group, so cancelling kills
+the pipeline's processes too. After a service restart the (pid, start time)
+pair tells whether a runner is still the one we started; its status file tells
+how it ended.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 
 from controller import runner
-from controller.adapters import processes
+from controller.adapters import processes, sandbox
 from controller.executors import Handle, Launch, Outcome
 
 # Variables a pipeline may legitimately need from the service's environment.
@@ -35,10 +40,24 @@ POLL_SECONDS = 0.1
 
 
 class LocalExecutor:
-    def __init__(self, work_root: Path, *, cancel_grace: float = 5.0, keep_workdirs: bool = False):
+    def __init__(
+        self,
+        work_root: Path,
+        *,
+        cancel_grace: float = 5.0,
+        keep_workdirs: bool = False,
+        bwrap: str | None = None,
+        readable: Sequence[Path] = (),
+        hidden: Sequence[Path] = (),
+    ):
+        """``bwrap`` set: runs are sandboxed (``readable`` is mounted read-only into each
+        sandbox, ``hidden`` masked if a mount would expose it); None: not sandboxed."""
         self.work_root = work_root
         self.cancel_grace = cancel_grace
         self.keep_workdirs = keep_workdirs
+        self.bwrap = bwrap
+        self.readable = tuple(readable)
+        self.hidden = tuple(hidden)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
@@ -46,26 +65,37 @@ class LocalExecutor:
         workdir = self.work_root / request.run.run_id
         log_path = request.log_path
         workdir.mkdir(parents=True, exist_ok=True)
+        for path in request.writable:
+            path.mkdir(parents=True, exist_ok=True)
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(request.spec, indent=2))
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, runner.__file__,
+            "--spec", str(spec_path), "--workdir", str(workdir), "--env-stdin",
+        ]  # fmt: skip
+        if self.bwrap is not None:
+            plan = sandbox.SandboxPlan(
+                workdir=workdir,
+                writable=request.writable,
+                readable=self.readable,
+                hidden=self.hidden,
+            )
+            command = sandbox.bwrap_argv(plan, command, bwrap=self.bwrap)
         with log_path.open("ab") as log:
             child = subprocess.Popen(
-                [
-                    sys.executable,
-                    runner.__file__,
-                    "--spec",
-                    str(spec_path),
-                    "--workdir",
-                    str(workdir),
-                ],
+                command,
                 cwd=workdir,
-                env=self._environment(request.env),
-                stdin=subprocess.DEVNULL,
+                env=self._environment(),
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        assert child.stdin is not None
+        # One line of JSON on stdin: credentials are in no file, argv or environ block.
+        with child.stdin:
+            child.stdin.write(json.dumps(dict(request.env)).encode() + b"\n")
         with self._lock:
             self._children[child.pid] = child
         return {
@@ -75,13 +105,15 @@ class LocalExecutor:
             "workdir": str(workdir),
         }
 
-    def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
+    def _environment(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
         # The service's interpreter (with dvc and the workload's packages) comes first.
         bin_dir = str(Path(sys.executable).parent)
-        env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
+        if self.bwrap is not None:
+            env["PATH"] = sandbox.sandbox_path(bin_dir)
+        else:
+            env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
         env["PYTHONUNBUFFERED"] = "1"
-        env.update(extra)
         return env
 
     def wait(self, handle: Handle) -> Outcome:
@@ -102,10 +134,15 @@ class LocalExecutor:
         return processes.is_alive(_int(handle["pid"]), _int(ticks) if ticks is not None else None)
 
     def outcome(self, handle: Handle) -> Outcome:
-        status_path = Path(str(handle["workdir"])) / runner.STATUS_FILE
+        # The work dir is writable by the run's code: read no symlink it may have left there.
+        data = runner.read_beneath(
+            Path(str(handle["workdir"])), runner.STATUS_FILE, runner.MAX_METRICS_BYTES * 64
+        )
         try:
-            status = json.loads(status_path.read_text())
-        except (OSError, ValueError):
+            status = json.loads(data) if data is not None else None
+        except ValueError:
+            status = None
+        if not isinstance(status, dict):
             return Outcome("failed", reason="the runner ended without reporting a status")
         if status.get("state") == "succeeded":
             return Outcome(

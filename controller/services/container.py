@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from controller.adapters import sandbox
 from controller.adapters.kube import KubeApi
 from controller.adapters.secrets import LocalSecretStore
 from controller.adapters.store import Store
@@ -18,6 +22,15 @@ from controller.services.experiments import ExperimentService
 from controller.services.resources import ResourceService
 from controller.services.runs import KubernetesSide, RunService
 from controller.settings import Settings
+
+log = logging.getLogger("mlexp.services")
+
+# Certificate locations a run may need to reach git and S3 over TLS.
+CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO")
+
+
+class StartupError(RuntimeError):
+    """The settings cannot work; the message says what to change or install."""
 
 
 @dataclass
@@ -38,6 +51,48 @@ class Services:
         self.store.close()
 
 
+def local_executor(settings: Settings, tokens: TokenRegistry | None) -> LocalExecutor:
+    """The local executor, sandboxed unless ``local.isolation: none`` was chosen."""
+    bwrap = None
+    if settings.local.isolation == "none":
+        if tokens is not None and len(tokens.principals) > 1:
+            raise StartupError(
+                "local.isolation: none lets every run read the service's data and other "
+                "runs; it is refused when the tokens file names more than one principal"
+            )
+        log.warning(
+            "local runs are not sandboxed (local.isolation: none): their code sees this "
+            "machine as the service's user does, including the data dir"
+        )
+    else:
+        try:
+            bwrap = sandbox.check_available()
+        except sandbox.SandboxUnavailable as exc:
+            raise StartupError(str(exc)) from None
+    readable = [Path(os.environ[k]) for k in CA_VARIABLES if os.environ.get(k)]
+    if settings.git_ca_bundle:
+        readable.append(settings.git_ca_bundle.resolve())
+    hidden = [settings.data_dir, settings.config_file.resolve().parent]
+    hidden += [p.resolve() for p in (settings.tokens_file, settings.k8s_config_file) if p]
+    return LocalExecutor(
+        settings.work_dir,
+        cancel_grace=settings.cancel_grace_seconds,
+        keep_workdirs=settings.keep_workdirs,
+        bwrap=bwrap,
+        readable=readable,
+        hidden=hidden,
+    )
+
+
+def preflight(settings: Settings) -> None:
+    """What ``mlexp serve`` checks before listening: a StartupError says what to fix."""
+    try:
+        tokens = TokenRegistry.from_file(settings.tokens_file) if settings.tokens_file else None
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"tokens file: {exc}") from None
+    local_executor(settings, tokens)
+
+
 def build_services(settings: Settings) -> Services:
     for directory in (settings.data_dir, settings.logs_dir, settings.work_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -47,14 +102,8 @@ def build_services(settings: Settings) -> Services:
     experiments = ExperimentService(
         settings, store, secrets, profile="local" if k8s is None else "kubernetes"
     )
-    executors: dict[str, Executor] = {
-        "local": LocalExecutor(
-            settings.work_dir,
-            cancel_grace=settings.cancel_grace_seconds,
-            keep_workdirs=settings.keep_workdirs,
-        )
-    }
     tokens = TokenRegistry.from_file(settings.tokens_file) if settings.tokens_file else None
+    executors: dict[str, Executor] = {"local": local_executor(settings, tokens)}
     if k8s is None:
         runs = RunService(settings, store, experiments, executors)
         return Services(settings, store, experiments, runs, tokens)

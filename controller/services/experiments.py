@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controller.adapters import gitrepo
+from controller.adapters.locations import LocationGuard, Resolver
 from controller.adapters.secrets import LocalSecretStore
 from controller.adapters.store import Store
 from controller.domain.bundle import Profile, RepoSpec, parse_repo_json
@@ -50,15 +51,38 @@ class ValidBundle:
 
 class ExperimentService:
     def __init__(
-        self, settings: Settings, store: Store, secrets: LocalSecretStore, profile: Profile
+        self,
+        settings: Settings,
+        store: Store,
+        secrets: LocalSecretStore,
+        profile: Profile,
+        *,
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.secrets = secrets
         self.profile = profile
+        self.locations = LocationGuard.from_settings(settings, profile, resolver)
+
+    def parse_repo(self, repo_json: bytes) -> RepoSpec:
+        """``repo_json`` parsed, with its URLs and paths checked against the egress and
+        local-path rules (resolving host names: blocking, call it off the event loop)."""
+        spec = parse_repo_json(repo_json, profile=self.profile)
+        self.locations.check(spec)
+        return spec
+
+    def check_locations(self, experiment_id: str) -> None:
+        """Re-check an experiment's URLs before a run uses them: the settings, or what a
+        host name resolves to, may have changed since it was created."""
+        try:
+            self.locations.check(self.credentials(experiment_id))
+        except InvalidBundle as exc:
+            raise InvalidBundle(f"experiment {experiment_id}: {exc.detail}") from None
 
     def validate(self, upload: BundleUpload) -> ValidBundle:
-        """All checks, no I/O: a bundle that passes is one DVC would run."""
+        """All checks, writing nothing: a bundle that passes is one DVC would run (host names
+        in it are resolved, and local paths looked at, to apply the egress rules)."""
         spec = parse_repo_json(upload.repo_json, profile=self.profile)
         params = _params(upload.hyperparams, limit=self.settings.max_yaml_bytes)
         files: dict[str, bytes] = {}
@@ -72,6 +96,7 @@ class ExperimentService:
                 _check_pointer_file(path, data, limit=self.settings.max_yaml_bytes)
             files[path] = data
         pipeline = parse_pipeline(upload.dvc_yaml, files=files, params=params)
+        self.locations.check(spec)  # last: it resolves names, the rest is pure
         return ValidBundle(spec=spec, pipeline=pipeline, params=params, files=files)
 
     def create(self, principal: Principal, upload: BundleUpload) -> Experiment:

@@ -5,6 +5,12 @@ server-side under deterministic names, so posting the same spec again updates
 rather than duplicates. A workload bound to an experiment gets that
 experiment's credentials Secret (``envFrom``) and registry pull secret; no
 credential is in the workload itself.
+
+A workload belongs to the principal that provisioned it: only that principal
+(or an admin) updates it, deletes it or runs in its pods (:func:`provisioned` is
+what the run service asks). A name already taken -- by another principal's
+workload, or by an object the service did not provision -- is refused instead of
+taken over.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.adapters.kube import KubeApi, Obj
 from controller.adapters.store import Store
-from controller.domain.errors import InvalidInput, NotFound
+from controller.domain.errors import Conflict, InvalidInput, NotFound
 from controller.domain.k8sconfig import K8sConfig, NamespacePolicy
 from controller.domain.models import utcnow
 from controller.domain.workloads import WorkloadSpec
@@ -52,6 +58,12 @@ class Resource(BaseModel):
     readiness: Readiness | None = None
 
 
+def provisioned(store: Store, namespace: str, kind: str, name: str) -> Resource | None:
+    """The record of a workload the service provisioned (``kind`` spelt sts or StatefulSet)."""
+    found = store.get_resource(namespace, LONG.get(kind, kind), name)
+    return Resource.model_validate_json(found[1]) if found is not None else None
+
+
 class ResourceService:
     def __init__(
         self,
@@ -75,6 +87,7 @@ class ResourceService:
 
     def create(self, principal: Principal, spec: WorkloadSpec) -> Resource:
         namespace = self._check_namespace(principal, spec.namespace)
+        previous = self._claim_name(principal, namespace, spec)
         secret_name = pull_name = None
         registry_image = None
         if spec.experiment_id is not None:
@@ -121,10 +134,12 @@ class ResourceService:
             kind=spec.kind,
             name=spec.name,
             namespace=namespace,
-            owner=principal.name,
+            # An update (by the owner or an admin) keeps who owns it and since when: queued
+            # runs check that the workload they were accepted for is still the same one.
+            owner=previous.owner if previous else principal.name,
             experiment_id=spec.experiment_id,
             image=image,
-            created_at=utcnow(),
+            created_at=previous.created_at if previous else utcnow(),
             spec=spec,
         )
         self.store.put_resource(
@@ -132,6 +147,26 @@ class ResourceService:
         )
         log.info("resource applied", extra={"resource": resource.resource, "namespace": namespace})
         return resource
+
+    def _claim_name(
+        self, principal: Principal, namespace: str, spec: WorkloadSpec
+    ) -> Resource | None:
+        """The caller's own record of this workload (an update), None for a new one.
+
+        Refused with 409, before anything is applied: a name that another principal's
+        workload holds (applying would hand its pods to the caller) or that an object the
+        service did not provision holds (applying would take it over).
+        """
+        previous = provisioned(self.store, namespace, spec.kind, spec.name)
+        if previous is not None and principal.may_see(previous.owner):
+            return previous
+        live = self.kube.get(spec.kind, namespace, spec.name) if previous is None else None
+        what = f"{SHORT[spec.kind]}/{spec.name} in namespace {namespace}"
+        if live is not None and (live.get("metadata") or {}).get("deletionTimestamp"):
+            raise Conflict(f"{what} is being deleted; post the spec again once it is gone")
+        if previous is not None or live is not None:
+            raise Conflict(f"{what} already exists; choose another name")
+        return None
 
     def _record(self, principal: Principal, namespace: str, kind: str, name: str) -> Resource:
         self._check_namespace(principal, namespace)

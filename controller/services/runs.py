@@ -6,6 +6,11 @@ runners. A dispatcher thread starts queued runs while fewer than
 runner and records how it ended. Runners are separate process groups, so
 stopping the service does not stop them: on start, :meth:`RunService.start`
 adopts those still alive and settles those that ended meanwhile.
+
+Exec runs (``sts/<name>``, ``deploy/<name>``) go only into workloads the caller
+provisioned, and get a pod of their own unless the workload is ``shared``; one
+that finds every pod busy stays queued until a run on that workload ends
+(:mod:`controller.services.placement`).
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ from pathlib import Path
 from controller.adapters import gitrepo
 from controller.adapters.store import Store
 from controller.domain.bundle import is_local_url
-from controller.domain.errors import Conflict, ExternalError, InvalidInput, MlexpError, NotFound
+from controller.domain.errors import (
+    Conflict,
+    ExternalError,
+    InvalidInput,
+    MlexpError,
+    NotFound,
+    TooManyRequests,
+)
 from controller.domain.k8sconfig import NamespacePolicy
 from controller.domain.models import JsonValue, Run, RunState, utcnow
 from controller.domain.naming import new_id, run_branch
 from controller.domain.params import apply_overrides
-from controller.domain.resources import parse_resource
+from controller.domain.resources import ResourceRef, parse_resource
 from controller.executors import Executor, Handle, Launch, Outcome
 from controller.planning.runs import credential_env, run_result, runner_spec
 from controller.services.auth import Principal
 from controller.services.experiments import ExperimentService
+from controller.services.placement import ExecPlacement, PodExecutor, check_access
 from controller.settings import Settings
 
 log = logging.getLogger("mlexp.runs")
@@ -56,6 +69,8 @@ class KubernetesSide:
 
 # Which executor runs a resource kind; handles carry the same key.
 EXECUTOR_OF = {"local": "local", "job": "job", "sts": "exec", "deploy": "exec"}
+# What a caller at its max_active_runs is told to wait (runs take minutes, not seconds).
+ACTIVE_RUNS_RETRY_SECONDS = 30
 
 
 class RunService:
@@ -81,6 +96,12 @@ class RunService:
         self._cancelling: set[str] = set()
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
+        pods = executors.get("exec")
+        self._placement = (
+            ExecPlacement(store, pods, note=self.note, wake=self._wake)
+            if isinstance(pods, PodExecutor)
+            else None
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -123,6 +144,8 @@ class RunService:
             self._finish(run.run_id, Outcome("failed", reason=reason))
             return
         if executor.is_active(handle):
+            if self._placement is not None:
+                self._placement.adopt(run, handle)  # it still occupies its pod
             self.note(run.run_id, "service restarted; re-attached to the running runner")
             log.info("run adopted", extra={"run_id": run.run_id})
             local = run.resource == "local"
@@ -146,9 +169,12 @@ class RunService:
         resource = parse_resource(request.resource)
         namespace = request.namespace
         if resource.kind != "local":
-            namespace = self._check_kubernetes(principal, experiment.experiment_id, namespace)
+            namespace = self._check_kubernetes(
+                principal, experiment.experiment_id, namespace, resource
+            )
         params = dict(request.params or {})
         apply_overrides(experiment.params, params)  # refuse bad overrides before recording
+        self.experiments.check_locations(experiment.experiment_id)  # egress, as of now
         run = Run(
             run_id=new_id("run"),
             experiment_id=experiment.experiment_id,
@@ -160,7 +186,7 @@ class RunService:
             state=RunState.QUEUED,
             created_at=utcnow(),
         )
-        self.store.add_run(run)
+        self._admit(principal, run)
         self.note(
             run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
         )
@@ -170,10 +196,34 @@ class RunService:
         self._enqueue(run)
         return run
 
+    def _admit(self, principal: Principal, run: Run) -> None:
+        """Record the run, within the principal's ``max_active_runs`` (429 at the limit).
+
+        The quota shares the service fairly between tenants; without a tokens file there
+        is one tenant (this machine's users), and runs are only bounded by the queue.
+        """
+        if self.settings.tokens_file is None:
+            self.store.add_run(run)
+            return
+        limit = principal.max_active_runs or self.settings.max_active_runs
+        active = self.store.add_run_within(run, max_active=limit)
+        if active >= limit:
+            log.info("run refused: quota", extra={"principal": principal.name, "limit": limit})
+            raise TooManyRequests(
+                f"{principal.name!r} already has {active} queued or running runs, the limit "
+                f"(max_active_runs) is {limit}; wait for one to finish or cancel one",
+                retry_after=ACTIVE_RUNS_RETRY_SECONDS,
+            )
+
     def _check_kubernetes(
-        self, principal: Principal, experiment_id: str, namespace: str | None
+        self,
+        principal: Principal,
+        experiment_id: str,
+        namespace: str | None,
+        resource: ResourceRef | None = None,
     ) -> str:
-        """Refuse before any Kubernetes call: not configured (422), namespace (403), image (422)."""
+        """Refuse before any Kubernetes call: not configured (422), namespace (403), a
+        workload the caller did not provision (404), image (422)."""
         if self.kubernetes is None:
             raise InvalidInput(
                 "this resource runs on Kubernetes, which this service is not configured for "
@@ -182,6 +232,8 @@ class RunService:
         checked = self.kubernetes.policy.check(
             namespace, caller_namespaces=principal.namespaces, caller_admin=principal.admin
         )
+        if resource is not None:
+            check_access(self.store, principal, resource, checked)
         registry = self.experiments.credentials(experiment_id).registry
         if not ((registry.image if registry else None) or self.kubernetes.default_image):
             raise InvalidInput(
@@ -231,6 +283,8 @@ class RunService:
         )
         if cancelled is not None:
             self.note(run_id, "run cancelled before it started")
+            if self._placement is not None:
+                self._placement.withdraw(run_id)  # it may have been waiting for a pod
             return cancelled
         self._cancelling.add(run_id)
         try:
@@ -290,17 +344,37 @@ class RunService:
         run = self.store.get_run(run_id)
         if run is None or run.state.terminal:
             release()
+            if self._placement is not None:
+                self._placement.withdraw(run_id)  # woken after it was cancelled
             return
         experiment = self.store.get_experiment(run.experiment_id)
         assert experiment is not None
         executor = self._executor_for(run)
+        placement = (
+            self._placement if EXECUTOR_OF.get(run.resource.split("/")[0]) == "exec" else None
+        )
         with self._run_lock(run_id):
+            pod: str | None = None
+            if placement is not None:
+                try:
+                    pod = placement.place(run_id)
+                except Exception as exc:
+                    log.exception("no pod for the run", extra={"run_id": run_id})
+                    detail = exc.detail if isinstance(exc, MlexpError) else type(exc).__name__
+                    placement.withdraw(run_id)
+                    self._finish(
+                        run_id, Outcome("failed", reason=f"the runner did not start: {detail}")
+                    )
+                    return
+                if pod is None:
+                    return  # it waits for a free pod (or a twin of this call launched it)
             if (
                 run.state is RunState.QUEUED
                 and self.store.transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
                 is None
             ):
                 release()
+                self._vacate(run_id)
                 return
             try:
                 local = run.resource == "local"
@@ -315,7 +389,10 @@ class RunService:
                 env = credential_env(repo, git_ca_bundle=str(ca) if ca else None)
                 writable = _local_paths(experiment.git_url, experiment.dvc_url, cache)
                 launch = Launch(run, spec, env, repo, self.log_path(run_id), writable)
-                handle = executor.launch(launch)
+                if placement is not None and pod is not None:
+                    handle = placement.launch(launch, pod)
+                else:
+                    handle = executor.launch(launch)
                 self.store.set_handle(run_id, handle)
             except Exception as exc:
                 log.exception("runner did not start", extra={"run_id": run_id})
@@ -324,8 +401,9 @@ class RunService:
                     run_id, Outcome("failed", reason=f"the runner did not start: {detail}")
                 )
                 release()
+                self._vacate(run_id)
                 return
-        self.note(run_id, f"run started on {run.resource}")
+        self.note(run_id, f"run started on {run.resource}" + (f", pod {pod}" if pod else ""))
         self._spawn_follower(run_id, handle, holds_slot=holds_slot)
 
     def _published(self, run: Run) -> Outcome:
@@ -393,6 +471,16 @@ class RunService:
             self._forget_lock(run_id)
             if holds_slot:
                 self._slots.release()
+            self._vacate(run_id)
+
+    def _vacate(self, run_id: str) -> None:
+        """The run no longer occupies a pod: runs waiting for one try again."""
+        if self._placement is not None:
+            self._placement.vacate(run_id)
+
+    def _wake(self, run_id: str) -> None:
+        if not self._stopping.is_set():
+            self._spawn(self._launch, run_id, False)
 
     def _finish(self, run_id: str, outcome: Outcome) -> None:
         run = self.store.get_run(run_id)

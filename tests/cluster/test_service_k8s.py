@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from controller.settings import Settings
+from controller.settings import EgressSettings, Settings
 from tests.support.bundles import (
     FAILING_DVC,
     GATED_DVC,
@@ -60,8 +60,12 @@ def k8s_settings(
             }
         )
     )
+    # The git (HTTPS) and S3 (moto) test servers listen on 127.0.0.1, which the kubernetes
+    # profile's egress policy refuses by default; this cluster's "internal" servers are
+    # allowed the way an operator would allow an in-cluster git server.
+    egress = EgressSettings(allowed_networks=["127.0.0.0/8"])
     return settings.model_copy(
-        update={"k8s_config_file": config, "git_ca_bundle": git_server.ca_file}
+        update={"k8s_config_file": config, "git_ca_bundle": git_server.ca_file, "egress": egress}
     )
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from controller.settings import Settings
 from tests.support.bundles import QUICK_DVC, create, small_parts
-from tests.support.service import RunningService
+from tests.support.service import RunningService, service_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +53,16 @@ def test_swagger_ui_and_health(service: RunningService) -> None:
     assert service.http.get("/healthz").headers["x-request-id"]
 
 
-def test_seed_multipart_run_form(service: RunningService, tmp_path: Path) -> None:
-    repo = tmp_path / "seed.git"
+@pytest.fixture
+def seed_service(settings: Settings, tmp_path: Path) -> Iterator[RunningService]:
+    """A service that accepts local repositories under tmp_path/local (local_roots)."""
+    with service_in_thread(settings.model_copy(update={"local_roots": [tmp_path / "local"]})) as s:
+        yield s
+
+
+def test_seed_multipart_run_form(seed_service: RunningService, tmp_path: Path) -> None:
+    service = seed_service
+    repo = tmp_path / "local" / "seed.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(repo)], check=True)
     repo_json = {"git": {"url": str(repo), "branch": "main"}}
     experiment = create(service.http, small_parts(QUICK_DVC, repo_json=repo_json))

@@ -2,7 +2,8 @@
 
 Covers: JSON and YAML bodies by content type; defaults; unknown keys listed without
 values; credential-looking env names refused; quantity, label and toleration rules as
-the API server applies them; kind-specific rules; no error message echoes a value.
+the API server applies them; kind-specific rules (``shared`` pods for exec runs); no error
+message echoes a value.
 """
 
 from __future__ import annotations
@@ -296,6 +297,27 @@ def test_kind_rules() -> None:
     assert parse({**BASE, "kind": "Deployment", "replicas": 0}).replicas == 0
     job = parse({**BASE, "kind": "Job", "replicas": 4, "active_deadline_seconds": 60})
     assert job.active_deadline_seconds == 60
+
+
+def test_pods_are_exclusive_unless_the_spec_opts_in_to_sharing() -> None:
+    assert parse(BASE).shared is False
+    assert parse({**BASE, "shared": True}).shared is True
+    assert parse({**BASE, "kind": "Deployment", "shared": True}).shared is True
+    yaml_body = b"kind: Deployment\nname: pool\nnamespace: ml-a\nshared: true\n"
+    assert parse_workload_spec(yaml_body, content_type="application/yaml").shared is True
+    # Jobs are never exec targets: sharing means nothing there, so it is an error.
+    assert "shared applies to StatefulSet and Deployment" in refused(
+        {**BASE, "kind": "Job", "shared": True}
+    )
+    assert "shared" in refused({**BASE, "shared": "sometimes"})
+
+
+def test_the_shared_field_documents_what_sharing_gives_up() -> None:
+    """The API docs (OpenAPI schema) say what each setting guarantees."""
+    text = WorkloadSpec.model_json_schema()["properties"]["shared"]["description"]
+    assert "one exec run at a time" in text
+    assert "/proc/<pid>/environ" in text
+    assert "not private" in text
 
 
 # -- syntax helpers as properties ----------------------------------------------
