@@ -73,7 +73,7 @@ def open_beneath(root: Path, rel: str, flags: int, mode: int = 0o644) -> int:
     symlink (or a non-directory) on the way is refused with :class:`StepFailed`.
     """
     parts = [p for p in rel.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
+    if not parts or rel.startswith("/") or any(p in (".", "..") for p in parts):
         raise StepFailed(f"refusing the path {rel!r}: not a plain relative path")
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -115,10 +115,11 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
         fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK)
     except (OSError, StepFailed):
         return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as src:
-        info = os.fstat(src.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
         return src.read(limit + 1)[:limit]
 
 
