@@ -597,8 +597,9 @@ def exec_runs(bench: Bench, service: Service, namespace: str, experiment: str) -
     poll = bench.args.poll_seconds
     together = "together" if bench.args.exec_together else "one at a time"
     figure(f"== Runs exec'd into a StatefulSet pod (sts/bench), namespace {namespace} ==")
+    # Runs that go together share the pod (an opt-in); otherwise one run per pod at a time.
     spec = {"kind": "StatefulSet", "name": "bench", "namespace": namespace,
-            "experiment_id": experiment}  # fmt: skip
+            "experiment_id": experiment, "shared": bench.args.exec_together}  # fmt: skip
     response = service.http.post("/resource/k8s/create", json=spec)
     if response.status_code != 201:
         raise RuntimeError(f"POST /resource/k8s/create: {response.status_code} {response.text}")

@@ -27,7 +27,9 @@ router = APIRouter(tags=["resources"])
     },
 )
 async def create_resource(request: Request, caller: Caller, resources: Resources) -> Resource:
-    """Provision a StatefulSet, Deployment or Job (server-side apply: posting again updates)."""
+    """Provision a StatefulSet, Deployment or Job (server-side apply: posting again updates
+    your own workload; a name held by another principal's workload, or by an object this
+    service did not make, is 409)."""
     spec = parse_workload_spec(
         await request.body(), content_type=request.headers.get("content-type")
     )

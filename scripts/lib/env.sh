@@ -34,3 +34,20 @@ ensure_venv() {
   "$UV" sync --frozen --all-extras --python "$PYTHON" --quiet
   export PATH="$PWD/.venv/bin:$PATH"
 }
+
+# The local run sandbox (bubblewrap): installed from the distribution when we are root,
+# otherwise the command to run is printed.
+ensure_sandbox() {
+  if command -v bwrap >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing bubblewrap (the local run sandbox) with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1; } || true
+  fi
+  if ! command -v bwrap >/dev/null 2>&1; then
+    echo "error: local runs execute in a bubblewrap sandbox; install it first:" >&2
+    echo "  sudo apt-get install bubblewrap    (Debian/Ubuntu; dnf install bubblewrap on Fedora)" >&2
+    return 1
+  fi
+}

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from controller.adapters import processes
+from controller.adapters.store import Store
 from tests.support.bundles import GATED_DVC, REPO_ROOT, create, small_parts, start
 from tests.support.service import free_port, service_process
 from tests.support.waiting import wait_for
@@ -64,15 +65,22 @@ def test_sample_bundle_through_the_cli(tmp_path: Path) -> None:
     assert (clone / "plots" / "confusion.csv").read_text().startswith("actual,predicted")
 
 
-def _gated_run(url: str, gate: Path, data_dir: Path) -> tuple[str, int]:
-    """Start a run whose stage waits for ``gate``; return its id and its runner's pid."""
+def _gated_run(url: str, data_dir: Path) -> tuple[str, int, Path]:
+    """Start a run whose stage waits for its gate file; return its id, its runner's pid and
+    the gate (in the run's work dir: the only place of this machine its sandbox sees)."""
     with httpx.Client(base_url=url, timeout=60) as http:
-        experiment = create(http, small_parts(GATED_DVC, params=f"gate: {gate}\n"))
+        experiment = create(http, small_parts(GATED_DVC, params="gate: ../gate\n"))
         run_id = start(http, experiment["experiment_id"])
     workdir = data_dir / "work" / run_id
     wait_for(lambda: (workdir / "repo" / "started").exists(), 120, what="the gated stage")
-    status = json.loads((workdir / "status.json").read_text())
-    return run_id, int(status["pid"])
+    # The host pid the service tracks (the sandbox's): status.json has the one inside it.
+    store = Store(data_dir / "state.db")
+    try:
+        handle = store.get_handle(run_id)
+    finally:
+        store.close()
+    assert handle is not None
+    return run_id, int(str(handle["pid"])), workdir / "gate"
 
 
 def _state(url: str, run_id: str) -> dict[str, object]:
@@ -82,10 +90,10 @@ def _state(url: str, run_id: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("meanwhile", ["keeps running", "finishes", "dies"])
 def test_restart_mid_run(tmp_path: Path, meanwhile: str) -> None:
-    data_dir, gate = tmp_path / "data", tmp_path / "gate"
+    data_dir = tmp_path / "data"
     port = free_port()
     with service_process(data_dir, port=port) as (service, url):
-        run_id, runner_pid = _gated_run(url, gate, data_dir)
+        run_id, runner_pid, gate = _gated_run(url, data_dir)
         service.send_signal(signal.SIGKILL)  # no chance to clean up
         service.wait()
     assert processes.is_alive(runner_pid, None), "the runner must outlive the service"
