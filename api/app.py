@@ -11,12 +11,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, idempotency
 from api.browser import BrowserPolicy
+from api.deadlines import BodyDeadline
 from api.middleware import BodyLimit, BrowserSafety, RequestId
 from api.routers import experiments, health, resources, runs
 from controller.logs import configure_logging
 from controller.services.container import Services, build_services
+from controller.services.idempotency import IdempotencyService
 from controller.settings import Settings, load_settings
 
 DESCRIPTION = """\
@@ -36,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         built: Services = build_services(resolved)
         built.runs.start()
         app.state.services = built
+        app.state.idempotency = IdempotencyService(
+            built.store, ttl_seconds=resolved.idempotency.ttl_seconds
+        )
         try:
             yield
         finally:
@@ -43,7 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="mlexp-ctrl", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
+    idempotency.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(BodyDeadline)  # a body that trickles in gets 408 (api.deadlines)
     app.add_middleware(BrowserSafety)  # runs before BodyLimit: refusals read no body
     app.add_middleware(RequestId)
     for module in (experiments, runs, resources, health):

@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.server import server_config
     from controller.services.container import StartupError, preflight
     from controller.settings import load_settings
 
@@ -73,15 +74,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "api:app",
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
-    return 0
+    # The server of api.server (header deadline, connection and request caps), not
+    # plain uvicorn; the app itself loads the same settings in its lifespan.
+    server = uvicorn.Server(server_config(settings, "api:app"))
+    server.run()
+    return 0 if server.started else 3
 
 
 # -- experiments -------------------------------------------------------------
@@ -119,6 +116,10 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     _print(
         args, experiment, f"created {experiment['experiment_id']}: stages {experiment['stages']}"
     )
+    # On stderr, so that --json output stays one document.
+    warnings = experiment.get("warnings")
+    for warning in warnings if isinstance(warnings, list) else []:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

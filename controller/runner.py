@@ -14,6 +14,13 @@ inside a pod reached by ``exec``. It needs only python3 (stdlib), ``git`` and
    first, so a branch never points at data the remote lacks;
 7. write ``status.json`` (state, branch, commit, metrics files) in the work dir.
 
+The runner's output (its own lines and its children's, stdout and stderr) is its
+log: written through as it comes, so it can be followed live. With a cap
+(``log_max_bytes`` in the spec) the log keeps its head (up to half the cap) and
+its tail: past the head only the most recent bytes are held, in memory, and
+written at the end of the run after a marker line that says how many were left
+out. The runner never holds more than the cap of output, however much a stage prints.
+
 If the run branch already exists in the remote, an earlier attempt published the
 run: the runner reports that commit instead of running again.
 
@@ -42,10 +49,12 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -53,6 +62,9 @@ STATUS_FILE = "status.json"
 LOG_FILE = "runner.log"
 PID_FILE = "runner.pid"
 MAX_METRICS_BYTES = 1024 * 1024
+READ_CHUNK = 64 * 1024
+MAX_CAPTURE = 64 * 1024  # output a step reads back (a commit id, a ref line)
+STOP_GRACE_SECONDS = 5.0
 
 
 # What carries a credential in the runner's environment; stages get none of it.
@@ -64,6 +76,97 @@ _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 class StepFailed(Exception):
     """A step failed; the message is safe to show (no credentials)."""
+
+
+class Terminated(Exception):
+    """The runner was told to stop (SIGTERM): cancel, pod deletion, shutdown."""
+
+
+class CappedLog:
+    """The runner's log on a file descriptor, kept under ``limit`` bytes (None: no cap).
+
+    Output goes through until the head holds about half the limit; after that only the
+    last ``limit - head`` bytes are kept (in a deque of the chunks, so memory stays under
+    the limit), and :meth:`close` writes them after a marker line naming how many bytes
+    were left out. The head ends at a line end when one fits, the tail starts after one,
+    so the marker stands on a line of its own. Within the limit, nothing is left out.
+    """
+
+    def __init__(self, fd: int, limit: int | None) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.head_left = limit // 2 if limit is not None else 0
+        self.tail_limit = limit - limit // 2 if limit is not None else 0
+        self.cut = False
+        self.at_line_start = True
+        self.tail: deque[bytes] = deque()
+        self.tail_bytes = 0
+        self.omitted = 0
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.limit is None:
+            self._emit(data)
+            return
+        if not self.cut:
+            if len(data) <= self.head_left:
+                self.head_left -= len(data)
+                self._emit(data)
+                return
+            piece = data[: self.head_left]
+            line_end = piece.rfind(b"\n")
+            if line_end >= 0:
+                piece = piece[: line_end + 1]
+            self._emit(piece)
+            self.cut = True
+            # What the head left unused (it ended at a line end) goes to the tail.
+            self.tail_limit += self.head_left - len(piece)
+            data = data[len(piece) :]
+        self.tail.append(data)
+        self.tail_bytes += len(data)
+        while self.tail_bytes - len(self.tail[0]) >= self.tail_limit:
+            dropped = self.tail.popleft()
+            self.tail_bytes -= len(dropped)
+            self.omitted += len(dropped)
+
+    def close(self) -> None:
+        """Write the kept tail, after the marker if anything was left out (once)."""
+        if not self.tail:
+            return
+        excess = max(0, self.tail_bytes - self.tail_limit)
+        first = self.tail.popleft()[excess:]
+        self.omitted += excess
+        if self.omitted and b"\n" in first[:-1]:
+            skip = first.index(b"\n") + 1  # start the tail on a line of its own
+            first = first[skip:]
+            self.omitted += skip
+        self.tail.appendleft(first)
+        if self.omitted:
+            newline = "" if self.at_line_start else "\n"
+            self._emit(
+                f"{newline}[mlexp] ... {self.omitted} bytes of log omitted "
+                f"(log_max_bytes is {self.limit}) ...\n".encode()
+            )
+        while self.tail:
+            self._emit(self.tail.popleft())
+        self.tail_bytes = 0
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.at_line_start = data.endswith(b"\n")
+
+
+# Where log() and the steps' output go; main() sets the cap from the spec.
+OUTPUT = CappedLog(1, None)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(f"the runner was stopped ({signal.Signals(signum).name})")
 
 
 def open_beneath(root: Path, rel: str, flags: int, mode: int = 0o644) -> int:
@@ -215,23 +318,38 @@ class Runner:
         cwd: Path | None = None,
         check: bool = True,
         env: Mapping[str, str] | None = None,
+        capture: bool = False,
     ) -> str:
+        """Run a step, its output streamed into the log as it comes.
+
+        With ``capture`` the start of the output (up to :data:`MAX_CAPTURE`) is also
+        returned, for the few steps whose answer the runner reads (a ref, a commit).
+        """
         log("$ " + " ".join(argv))
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             cwd=cwd or self.repo,
             env=self.env if env is None else env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
         )
-        if proc.stdout:
-            sys.stdout.write(proc.stdout)
-            sys.stdout.flush()
-        if check and proc.returncode != 0:
-            raise StepFailed(f"{argv[0]} {argv[1]} exited with {proc.returncode}")
-        return proc.stdout
+        kept = bytearray()
+        assert proc.stdout is not None
+        try:
+            with proc.stdout:
+                fd = proc.stdout.fileno()
+                while chunk := os.read(fd, READ_CHUNK):
+                    OUTPUT.write(chunk)
+                    if capture and len(kept) < MAX_CAPTURE:
+                        kept += chunk[: MAX_CAPTURE - len(kept)]
+            code = proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+        if check and code != 0:
+            raise StepFailed(f"{argv[0]} {argv[1]} exited with {code}")
+        return kept.decode(errors="replace")
 
     def write_status(self, state: str, **fields: object) -> None:
         status = {"state": state, "run_id": self.spec.get("run_id"), "pid": os.getpid()}
@@ -264,10 +382,10 @@ class Runner:
             )
             log(f"succeeded: {self.branch} at {commit}")
             return 0
-        except StepFailed as exc:
+        except (StepFailed, Terminated) as exc:
             log(f"failed: {exc}")
             self.write_status("failed", error=str(exc), step_no=self.step_no)
-            return 1
+            return 1 if isinstance(exc, StepFailed) else 128 + signal.SIGTERM
 
     def published_commit(self) -> str | None:
         """Clone, and return the run branch's commit if an earlier attempt pushed it."""
@@ -281,7 +399,9 @@ class Runner:
             "--branch", base_branch, "--", url, str(self.repo),
             cwd=self.workdir,
         )  # fmt: skip
-        remote = self.run("git", "ls-remote", "--heads", "origin", self.branch).split()
+        remote = self.run(
+            "git", "ls-remote", "--heads", "origin", self.branch, capture=True
+        ).split()
         if remote:
             self.run("git", "fetch", "--quiet", "origin", self.branch)
             self.run("git", "checkout", "--quiet", "-B", self.branch, remote[0])
@@ -309,7 +429,7 @@ class Runner:
         self.run("git", "add", "--all")
         message = str(self.spec.get("message") or f"mlexp run {self.spec.get('run_id')}")
         self.run("git", "commit", "--quiet", "--allow-empty", "-m", message)
-        commit = self.run("git", "rev-parse", "HEAD").strip()
+        commit = self.run("git", "rev-parse", "HEAD", capture=True).strip()
 
         self.step("dvc push")
         self.run("dvc", "push", "--run-cache")
@@ -317,7 +437,9 @@ class Runner:
         self.step("git push")
         # A rejected push is not fatal yet: a twin attempt may have published first.
         self.run("git", "push", "--quiet", "origin", f"HEAD:refs/heads/{self.branch}", check=False)
-        remote = self.run("git", "ls-remote", "--heads", "origin", self.branch).split()
+        remote = self.run(
+            "git", "ls-remote", "--heads", "origin", self.branch, capture=True
+        ).split()
         if not remote:
             raise StepFailed(f"git push of {self.branch} failed")
         if remote[0] != commit:
@@ -349,8 +471,27 @@ class Runner:
 def log(message: str) -> None:
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    sys.stdout.write(f"[mlexp {stamp}] {message}\n")
-    sys.stdout.flush()
+    OUTPUT.write(f"[mlexp {stamp}] {message}\n".encode())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a step the runner is leaving (it was stopped): TERM, then KILL after a grace."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def log_limit(spec: Mapping[str, object]) -> int | None:
+    """The spec's ``log_max_bytes``: a positive int, or None (no cap)."""
+    value = spec.get("log_max_bytes")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def detach(workdir: Path) -> None:
@@ -399,7 +540,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     make_undumpable()
     if args.detach:
         detach(args.workdir)
-    return Runner(spec, args.workdir.resolve()).main()
+    global OUTPUT  # one log per runner process
+    OUTPUT = CappedLog(1, log_limit(spec))
+    # As PID 1 of a container the runner gets no default action for SIGTERM: without a
+    # handler a pod's deletion would wait for SIGKILL and the log would lose its tail.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return Runner(spec, args.workdir.resolve()).main()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run is over: let the tail out
+        OUTPUT.close()
 
 
 if __name__ == "__main__":

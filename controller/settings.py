@@ -42,6 +42,68 @@ class EgressSettings(BaseModel):
     )
 
 
+class HttpSettings(BaseModel):
+    """Slow and numerous clients. The body deadline is in the app; the rest needs the
+    server ``mlexp serve`` runs (``api.server``): plain ``uvicorn api:app`` lacks them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="The request line and headers must arrive within this, counted from the "
+        "connection's opening or from the first byte of a later request (else 408, closed).",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="Time a request body may take to arrive (time spent waiting for the "
+        "client only), plus one second per body_min_bytes_per_second bytes received (else 408).",
+    )
+    body_min_bytes_per_second: int = Field(
+        default=16384,
+        ge=0,
+        description="Each this many bytes received extend the body's time by one second "
+        "(0: body_timeout_seconds is the whole budget).",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, le=3600, description="An idle connection is closed after this."
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Open connections; one beyond it gets 503 and is closed at once.",
+    )
+    max_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Requests in progress at once; more get 503 with Retry-After "
+        "(GET /healthz is exempt).",
+    )
+    backlog: int = Field(
+        default=2048, ge=1, description="Connections the kernel queues before they are accepted."
+    )
+
+
+class IdempotencySettings(BaseModel):
+    """The Idempotency-Key header on POSTs that create something."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_seconds: int = Field(
+        default=86400, ge=60, description="How long a key's first answer is kept and replayed."
+    )
+    wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="A request whose key is in use by one still in progress waits this long "
+        "for its answer, then gets 409.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; env wins over ``config/server.yaml``."""
 
@@ -71,6 +133,12 @@ class Settings(BaseSettings):
         default=False, description="Keep a finished run's work dir (for debugging)."
     )
     cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    log_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Cap on a run's log (per runner): its head and tail are kept, with a "
+        "line saying how many bytes in between were left out.",
+    )
     log_level: str = "INFO"
     git_ca_bundle: Path | None = Field(
         default=None, description="CA bundle for https git remotes (sets GIT_SSL_CAINFO)."
@@ -102,6 +170,8 @@ class Settings(BaseSettings):
         description="Request rate per token principal (0: unlimited); "
         "tokens file may override per principal.",
     )
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
 
     @classmethod
     def settings_customise_sources(

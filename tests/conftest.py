@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +16,42 @@ import pytest
 
 from controller.settings import Settings, load_settings
 from tests.support.gitserver import GitHttpServer
+from tests.support.leftovers import leftovers
 from tests.support.prereqs import require_tools
 from tests.support.s3server import S3Server
 from tests.support.service import RunningService, service_in_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
+
+
+_BASETEMP: list[Path] = []
+LEFTOVER_GRACE_SECONDS = 10.0
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASETEMP.append(tmp_path_factory.getbasetemp())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the suite if a process started by a test is still alive once everything ended."""
+    if not _BASETEMP:
+        return
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    left = leftovers(_BASETEMP[0])
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftovers(_BASETEMP[0])
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = "\n  ".join(left)
+        message = f"processes started by tests are still running:\n  {lines}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from api.deps import Caller, Experiments
+from api.idempotency import Idempotent
 from controller.domain.errors import InvalidBundle
-from controller.domain.models import Experiment
+from controller.domain.models import CreatedExperiment, Experiment
 from controller.services.experiments import BundleUpload
 
 router = APIRouter(tags=["experiments"])
 
 
-@router.post("/experiment/create", status_code=201, response_model=Experiment)
+@router.post("/experiment/create", status_code=201, response_model=CreatedExperiment)
 def create_experiment(
     caller: Caller,
     experiments: Experiments,
+    once: Idempotent,
     repo_json: Annotated[UploadFile, File(description="Repository, DVC remote and credentials.")],
     dvc_yaml_file: Annotated[UploadFile, File(description="The DVC pipeline (dvc.yaml).")],
     hyperparams_file: Annotated[
@@ -27,8 +29,13 @@ def create_experiment(
         list[UploadFile] | None,
         File(description="Code and data files; each part's filename is its path in the repo."),
     ] = None,
-) -> Experiment:
-    """Validate a bundle and turn it into a versioned experiment repository."""
+) -> CreatedExperiment | Response:
+    """Validate a bundle and turn it into a versioned experiment repository.
+
+    The answer's ``warnings`` say what the pipeline checks noticed without refusing it.
+
+    With an ``Idempotency-Key`` header, a retry gets the first answer and creates nothing.
+    """
     uploads = []
     for part in files or []:
         if not part.filename:
@@ -40,7 +47,7 @@ def create_experiment(
         hyperparams=hyperparams_file.file.read(),
         files=uploads,
     )
-    return experiments.create(caller, bundle)
+    return once.call(experiments.create, caller, bundle)
 
 
 @router.get("/experiments", response_model=list[Experiment])
@@ -48,7 +55,7 @@ def list_experiments(
     caller: Caller,
     experiments: Experiments,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[Experiment]:
     return experiments.list(caller, limit=limit, offset=offset)
 

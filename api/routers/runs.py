@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import Caller, Runs
+from api.idempotency import Idempotent
 from controller.domain.errors import InvalidInput, NotFound, summary, validation_details
 from controller.domain.models import Run, RunState
+from controller.domain.safeyaml import load_json
 from controller.services.auth import Principal
 from controller.services.runs import RunRequest, RunService
 
@@ -23,6 +26,7 @@ router = APIRouter(tags=["runs"])
 
 FOLLOW_POLL_SECONDS = 0.2
 LOG_CHUNK = 64 * 1024
+LOG_MEDIA = "text/plain; charset=utf-8"
 
 
 class RunCreate(BaseModel):
@@ -66,11 +70,14 @@ SEED_FORM = {
         }
     },
 )
-async def submit_run(request: Request, caller: Caller, runs: Runs) -> Run:
+async def submit_run(
+    request: Request, caller: Caller, runs: Runs, once: Idempotent
+) -> Run | Response:
     """Queue a run of an experiment, with parameter overrides.
 
     JSON is the main form; the seed's multipart form (``repo_json`` + ``resource``
     + ``namespace``) is accepted too and finds the experiment by its repository.
+    With an ``Idempotency-Key`` header, a retry gets the first answer and queues nothing.
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -87,7 +94,7 @@ async def submit_run(request: Request, caller: Caller, runs: Runs) -> Run:
             body.params,  # type: ignore[arg-type]
             body.deadline_seconds,
         )
-    return await run_in_threadpool(runs.submit, caller, run_request)
+    return await run_in_threadpool(once.call, runs.submit, caller, run_request)
 
 
 async def _from_seed_form(request: Request, caller: Principal, runs: RunService) -> RunRequest:
@@ -105,10 +112,7 @@ async def _from_seed_form(request: Request, caller: Principal, runs: RunService)
         )
         experiment_id = found.experiment_id
     params_text = _text(form.get("params"))
-    try:
-        params = json.loads(params_text) if params_text else {}
-    except ValueError:
-        raise InvalidInput("params must be a JSON object") from None
+    params = load_json(params_text, source="params") if params_text else {}
     if not isinstance(params, dict):
         raise InvalidInput("params must be a JSON object")
     return RunRequest(
@@ -132,7 +136,7 @@ def list_runs(
     experiment_id: str | None = None,
     state: Annotated[list[RunState] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[Run]:
     return runs.list(caller, experiment_id=experiment_id, states=state, limit=limit, offset=offset)
 
@@ -159,18 +163,52 @@ async def run_logs(
     runs: Runs,
     run_id: str,
     follow: bool = False,
-    offset: Annotated[int, Query(ge=0, description="Start at this byte of the log.")] = 0,
-) -> PlainTextResponse | StreamingResponse:
-    """The run's log; with ``follow=true`` it streams until the run ends."""
+    offset: Annotated[int, Query(ge=0, le=2**62, description="Start at this byte of the log.")] = 0,
+) -> StreamingResponse:
+    """The run's log, streamed from disk; with ``follow=true`` until the run ends.
+
+    ``offset`` past the end is no error: the answer is empty (or, following, waits
+    for the log to reach it, and ends when the run has ended).
+    """
     await run_in_threadpool(runs.get, caller, run_id)
     path = runs.log_path(run_id)
-    if not follow:
-        if not path.is_file():
-            raise NotFound(f"run {run_id!r} has no log yet")
+    if follow:
+        return StreamingResponse(_follow(runs, caller, run_id, offset), media_type=LOG_MEDIA)
+    size = await run_in_threadpool(_log_size, path)
+    if size is None:
+        raise NotFound(f"run {run_id!r} has no log yet")
+    # Up to its size now: a log that grows meanwhile does not make this answer endless.
+    return StreamingResponse(_read_log(path, offset, size), media_type=LOG_MEDIA)
+
+
+def _log_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _read_chunk(path: Path, position: int, limit: int) -> bytes:
+    """At most ``limit`` bytes of the log from ``position``; nothing at or past its end."""
+    try:
         with path.open("rb") as log:
-            log.seek(offset)
-            return PlainTextResponse(log.read().decode(errors="replace"))
-    return StreamingResponse(_follow(runs, caller, run_id, offset), media_type="text/plain")
+            if position >= os.fstat(log.fileno()).st_size:
+                return b""  # before seeking: an offset past what a file may hold is fine too
+            log.seek(position)
+            return log.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+async def _read_log(path: Path, position: int, end: int | None = None) -> AsyncIterator[bytes]:
+    """The log from ``position`` to ``end`` (None: to wherever it ends), a chunk at a time."""
+    while end is None or position < end:
+        limit = LOG_CHUNK if end is None else min(LOG_CHUNK, end - position)
+        chunk = await run_in_threadpool(_read_chunk, path, position, limit)
+        if not chunk:
+            return
+        position += len(chunk)
+        yield chunk
 
 
 async def _follow(
@@ -179,16 +217,17 @@ async def _follow(
     path = runs.log_path(run_id)
     position = offset
     while True:
-        finished = (await run_in_threadpool(runs.get, caller, run_id)).state.terminal
-        chunk = b""
-        if path.is_file():
-            with path.open("rb") as log:
-                log.seek(position)
-                chunk = log.read(LOG_CHUNK)
+        chunk = await run_in_threadpool(_read_chunk, path, position, LOG_CHUNK)
         if chunk:
             position += len(chunk)
             yield chunk
             continue
-        if finished:
+        run = await run_in_threadpool(runs.get, caller, run_id)
+        if run.state.terminal:
+            # The service notes the end just after recording it: give that line a moment,
+            # then send what is left and end.
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+            async for rest in _read_log(path, position):
+                yield rest
             return
         await asyncio.sleep(FOLLOW_POLL_SECONDS)

@@ -4,6 +4,8 @@ One connection guarded by a lock: SQLite serialises writers anyway, and the
 service's write rate (a few per run) is far below what one connection does.
 Executor bookkeeping (a local run's pid, a Job's name) lives in the run's
 ``handle`` column and never leaves the service.
+Idempotency keys (:mod:`controller.services.idempotency`) keep, per principal and
+key, the first request's fingerprint and, once it succeeded, its answer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from controller.domain.models import Experiment, Run, RunResult, RunState, utcnow
 
@@ -45,7 +48,25 @@ CREATE TABLE IF NOT EXISTS resources (
     body TEXT NOT NULL,
     PRIMARY KEY (namespace, kind, name)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER,
+    response BLOB,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
 """
+
+
+class IdempotencyRecord(NamedTuple):
+    """A claimed key: the request's fingerprint, and its answer once it has one."""
+
+    fingerprint: str
+    status: int | None
+    response: bytes | None
 
 
 class Store:
@@ -257,3 +278,58 @@ class Store:
             return None
         handle = json.loads(row[0])
         return handle if isinstance(handle, dict) else None
+
+    # -- idempotency keys ----------------------------------------------------
+
+    def claim_idempotency_key(
+        self, owner: str, key: str, fingerprint: str, *, now: float, expired_before: float
+    ) -> IdempotencyRecord | None:
+        """Claim ``key`` for ``owner`` (None), or return the live record that holds it.
+
+        A record created before ``expired_before`` no longer counts: it is replaced. Look-up
+        and insert are one transaction, so of concurrent claims exactly one gets None.
+        """
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND created_at < ?",
+                (owner, key, expired_before),
+            )
+            row = db.execute(
+                "SELECT fingerprint, status, response FROM idempotency_keys"
+                " WHERE owner = ? AND key = ?",
+                (owner, key),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO idempotency_keys (owner, key, fingerprint, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (owner, key, fingerprint, now),
+                )
+                return None
+        return IdempotencyRecord(str(row[0]), row[1], None if row[2] is None else bytes(row[2]))
+
+    def record_idempotent_answer(self, owner: str, key: str, status: int, body: bytes) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE idempotency_keys SET status = ?, response = ?"
+                " WHERE owner = ? AND key = ? AND status IS NULL",
+                (status, body, owner, key),
+            )
+
+    def release_idempotency_key(self, owner: str, key: str) -> None:
+        """Forget a claim that has no answer (its request failed)."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND status IS NULL",
+                (owner, key),
+            )
+
+    def purge_idempotency_keys(self, *, expired_before: float, unanswered: bool = False) -> int:
+        """Delete records created before ``expired_before`` (and, with ``unanswered``, every
+        claim without an answer); returns how many."""
+        query = "DELETE FROM idempotency_keys WHERE created_at < ?"
+        if unanswered:
+            query += " OR status IS NULL"
+        with self._tx() as db:
+            deleted = db.execute(query, (expired_before,)).rowcount
+        return int(deleted)

@@ -4,24 +4,29 @@ Parsing is strict (unknown keys are an error) and never echoes an input value
 in a message, since any value may be a credential. Which URLs are acceptable
 depends on the profile: the local profile (no Kubernetes configured) also takes
 local paths and ``file://`` URLs and may leave ``git.url`` / ``dvc.url`` out.
+``git.branch`` must be a name ``git check-ref-format --branch`` accepts (see
+:func:`branch_name_problem`), so a bad one is refused before anything is created.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from controller.domain.errors import InvalidBundle, summary, validation_details
+from controller.domain.errors import InvalidBundle, InvalidInput, summary, validation_details
+from controller.domain.safeyaml import load_json
 
 MAX_REPO_JSON_BYTES = 64 * 1024
 
-_BRANCH = re.compile(
-    r"^(?!-)(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)(?!.*\.lock$)(?!.*/$)[A-Za-z0-9._/-]{1,200}$"
-)
+MAX_BRANCH_LENGTH = 200
+# Our own policy, narrower than git's: branch names travel into commands, URLs, logs and
+# shell snippets (the clone command), so only these characters are accepted.
+_BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/-]*$")
+# Characters git refuses anywhere in a ref name (refs.c: refname_disposition).
+_GIT_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$")
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+$")
@@ -52,8 +57,9 @@ class GitSpec(_Strict):
     @field_validator("branch")
     @classmethod
     def _branch_is_a_ref_name(cls, value: str) -> str:
-        if not _BRANCH.match(value):
-            raise ValueError("not a valid git branch name")
+        problem = branch_name_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a valid git branch name: {problem}")
         return value
 
 
@@ -83,14 +89,55 @@ class RepoSpec(_Strict):
     registry: RegistrySpec | None = None
 
 
+def branch_name_problem(name: str) -> str | None:
+    """Why ``name`` is no acceptable branch name, or ``None``: the rules of
+    ``git check-ref-format --branch`` (see :func:`git_branch_problem`), within our
+    character set and length, and not ``@`` (which git reads as ``HEAD`` in revisions)."""
+    if not 1 <= len(name) <= MAX_BRANCH_LENGTH:
+        return f"it must have 1 to {MAX_BRANCH_LENGTH} characters"
+    if name == "@":
+        # git takes it as a branch, but in a revision '@' means HEAD.
+        return "'@' alone is not a branch name"
+    problem = git_branch_problem(name)
+    if problem is None and not _BRANCH_CHARS.match(name):
+        problem = "only letters, digits, '.', '_', '-' and '/' are accepted"
+    return problem
+
+
+def git_branch_problem(name: str) -> str | None:
+    """Why ``git check-ref-format --branch <name>`` (outside a repository) refuses
+    ``name``, or ``None`` if git accepts it. Pure: git's refs.c rules, checked on the
+    UTF-8 bytes as git does (bytes from 0x80 up are allowed)."""
+    if name.startswith("-"):
+        return "it must not start with '-'"
+    if name == "HEAD":
+        return "'HEAD' is not a branch name"
+    if _GIT_BAD_CHARS.search(name):
+        return "it must not contain spaces, control characters or any of ~ ^ : ? * [ \\"
+    if ".." in name:
+        return "it must not contain '..'"
+    if "@{" in name:
+        return "it must not contain '@{'"
+    for component in name.split("/"):
+        if not component:
+            return "it must not start or end with '/' or contain '//'"
+        if component.startswith("."):
+            return "no part between slashes may start with '.'"
+        if component.endswith(".lock"):
+            return "no part between slashes may end with '.lock'"
+    if name.endswith("."):
+        return "it must not end with '.'"
+    return None
+
+
 def parse_repo_json(data: bytes, *, profile: Profile) -> RepoSpec:
     """Parse and validate ``repo_json``; every failure is an :class:`InvalidBundle`."""
     if len(data) > MAX_REPO_JSON_BYTES:
         raise InvalidBundle(f"repo_json is larger than {MAX_REPO_JSON_BYTES} bytes")
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidBundle(f"repo_json is not valid JSON: {_json_position(exc)}") from None
+        raw = load_json(data, source="repo_json", max_bytes=MAX_REPO_JSON_BYTES)
+    except InvalidInput as exc:
+        raise InvalidBundle(exc.detail) from None
     if not isinstance(raw, dict):
         raise InvalidBundle("repo_json must be a JSON object")
     try:
@@ -100,12 +147,6 @@ def parse_repo_json(data: bytes, *, profile: Profile) -> RepoSpec:
         raise InvalidBundle(f"repo_json is invalid: {summary(errors)}", errors=errors) from None
     check_locations(spec, profile=profile)
     return spec
-
-
-def _json_position(exc: ValueError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-    return "not UTF-8"
 
 
 def check_locations(spec: RepoSpec, *, profile: Profile) -> None:

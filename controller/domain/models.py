@@ -7,7 +7,15 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-__all__ = ["Experiment", "JsonValue", "Run", "RunResult", "RunState", "utcnow"]
+__all__ = [
+    "CreatedExperiment",
+    "Experiment",
+    "JsonValue",
+    "Run",
+    "RunResult",
+    "RunState",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -40,8 +48,23 @@ class Experiment(Record):
     dvc_url: str
     stages: list[str] = Field(description="Stages in execution order.")
     metrics_files: list[str]
-    params: dict[str, JsonValue] = Field(description="params.yaml as committed.")
+    params: dict[str, JsonValue] = Field(description="The values of params.yaml as committed.")
+    params_document: str | None = Field(
+        default=None,
+        description="params.yaml as committed: the uploaded hyperparameters file, unchanged "
+        "(JSON that YAML cannot read is rewritten as YAML). Runs write their overrides into it.",
+    )
     created_at: datetime
+
+
+class CreatedExperiment(Experiment):
+    """The answer to ``POST /experiment/create``: the experiment, and what its checks noticed."""
+
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the pipeline checks noticed without refusing the bundle: dependencies "
+        "that nothing provides, parameters that cannot be checked, options DVC ignores.",
+    )
 
 
 class RunResult(Record):

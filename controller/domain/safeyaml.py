@@ -12,20 +12,27 @@ and never a ``yaml`` exception:
   whose expansion would hold more nodes than the input has bytes ("billion
   laughs": a handful of aliases can describe an exponentially large tree that
   blows up whoever walks it later, even though PyYAML shares the objects);
-* duplicate mapping keys (YAML says they are an error; PyYAML keeps the last).
+* duplicate mapping keys (YAML says they are an error; PyYAML keeps the last);
+* scalars that cannot be constructed (``2020-99-99``, ``0x_``, ``!!float abc``,
+  ``!!bool abc``, ``!!timestamp xyz``) and integers of more than
+  :data:`MAX_INT_DIGITS` digits, whose conversion Python refuses or makes slow.
 
 Scalars resolve as in YAML 1.2 (``yes``/``on`` stay strings, ``1e3`` is a
 float), because DVC reads ``dvc.yaml`` and params files with ruamel's YAML 1.2
 safe loader and we must see the same values -- and the same foreach stage
 names -- that DVC will. JSON-looking input is read with :mod:`json` first, as
-PyYAML rejects the tab indentation that many JSON writers emit.
+PyYAML rejects the tab indentation that many JSON writers emit;
+:func:`load_json` is the strict JSON-only reader (``repo_json``) with the same
+rules. :func:`compose_yaml` gives the node tree (with source positions) of a
+document, for editing it in place.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError
@@ -34,9 +41,38 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controller.domain.errors import InvalidInput
 
-__all__ = ["dump_yaml", "load_yaml"]
+__all__ = ["MAX_INT_DIGITS", "compose_yaml", "dump_yaml", "load_json", "load_yaml"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_T = TypeVar("_T")
+
+# "\ud800" escapes are legal syntax in YAML and JSON but no text: nothing can encode
+# them as UTF-8 (not the store, not git), so they are refused where they are read.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_MESSAGE = "an escape stands for a lone surrogate (\\ud800-\\udfff), which is not text"
+
+MAX_INT_DIGITS = 1000
+"""Longest integer literal (digits, any base) accepted: hyperparameters need far fewer,
+and Python refuses ``int()``/``str()`` of decimal integers over 4,300 digits anyway."""
+
+# What PyYAML's scalar constructors raise on text their resolver (or an explicit tag)
+# sent them but that is no valid value: ``month must be in 1..12``, ``int('', 16)``,
+# a ``KeyError`` for ``!!bool abc``, an ``AttributeError`` for ``!!timestamp xyz``.
+_CONSTRUCTION_ERRORS = (
+    ArithmeticError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+)
+
+_KINDS = {
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a float",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:timestamp": "a date or timestamp",
+}
 
 
 class _Refused(Exception):
@@ -120,6 +156,20 @@ class _LimitedLoader(yaml.SafeLoader):
         self._size[id(node)] = size
         self._height[id(node)] = 1 + max((self._height[id(c)] for c in children), default=0)
 
+    def construct_object(self, node: Node, deep: bool = False) -> object:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _CONSTRUCTION_ERRORS:
+            # The value is not echoed: the location says where, the tag what was expected.
+            kind = _KINDS.get(node.tag, f"a {node.tag.rsplit(':', 1)[-1]} value")
+            raise _Refused(f"this value is not valid as {kind}", node.start_mark) from None
+
+    def construct_scalar(self, node: ScalarNode | MappingNode) -> str:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise _Refused(_SURROGATE_MESSAGE, node.start_mark)
+        return value
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, object]:
         self._refuse_duplicate_keys(node)
         return super().construct_mapping(node, deep=deep)
@@ -142,7 +192,16 @@ class _LimitedLoader(yaml.SafeLoader):
         digits = text.lstrip("+-")
         bases = {"0b": 2, "0o": 8, "0x": 16}
         base = bases.get(digits[:2].lower(), 10)
-        return sign * int(digits[2:] if base != 10 else digits, base)
+        digits = digits[2:] if base != 10 else digits
+        _check_int_digits(len(digits), node.start_mark)
+        return sign * int(digits, base)
+
+
+def _check_int_digits(count: int, mark: yaml.Mark | None = None) -> None:
+    if count > MAX_INT_DIGITS:
+        raise _Refused(
+            f"an integer of {count} digits is over the limit of {MAX_INT_DIGITS} digits", mark
+        )
 
 
 # YAML 1.2 core-schema scalars, as ruamel (and so DVC) resolves them.
@@ -191,12 +250,21 @@ class _Dumper(yaml.SafeDumper):
     """SafeDumper that quotes any string YAML 1.1 *or* 1.2 would read as another type.
 
     PyYAML only knows 1.1, so it would write the string ``"1e3"`` or ``"0o7"``
-    bare, and DVC (YAML 1.2) would read a number back.
+    bare, and DVC (YAML 1.2) would read a number back. Strings holding NEL, LS or
+    PS are double-quoted, where they are escaped: 1.1 reads them raw as line breaks,
+    1.2 as text, and PyYAML's single-quoted style folds them.
     """
 
+    def represent_str(self, data: str) -> ScalarNode:
+        if _BREAKS_1_1.search(data):
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return super().represent_str(data)
 
+
+_BREAKS_1_1 = re.compile("[\x85\u2028\u2029]")
 for _tag, _pattern, _first in _YAML12_RESOLVERS:
     _Dumper.add_implicit_resolver(_tag, _pattern, _first)
+_Dumper.add_representer(str, _Dumper.represent_str)
 
 
 def load_yaml(
@@ -206,14 +274,16 @@ def load_yaml(
     max_bytes: int = 1_048_576,
     max_depth: int = 64,
     max_aliases: int = 64,
+    json_first: bool = True,
 ) -> object:
     """Parse one YAML or JSON document within the limits; an empty document is ``None``.
 
     ``source`` names the input in error messages (``"dvc.yaml"``, a file path).
     Every failure raises :class:`InvalidInput` whose message starts with it.
+    ``json_first=False`` reads JSON-looking text as YAML too, as DVC would.
     """
     text = _decode(data, source=source, max_bytes=max_bytes)
-    if text.lstrip().startswith(("{", "[")):
+    if json_first and text.lstrip().startswith(("{", "[")):
         parsed, ok = _try_json(text, source=source, max_depth=max_depth)
         if ok:
             return parsed
@@ -268,19 +338,53 @@ def _reject_duplicate_pairs(pairs: list[tuple[str, object]]) -> dict[str, object
     return result
 
 
-def _try_json(text: str, *, source: str, max_depth: int) -> tuple[object, bool]:
-    """Parse strict JSON; ``(None, False)`` when the text is not JSON (YAML may still read it)."""
+def _json_int(text: str) -> int:
+    _check_int_digits(len(text.lstrip("-")))
+    return int(text)
+
+
+def _parse_json(text: str, *, source: str, max_depth: int) -> object:
+    """Strict JSON; syntax errors stay :class:`json.JSONDecodeError`, the rest is InvalidInput."""
     try:
-        parsed: object = json.loads(text, object_pairs_hook=_reject_duplicate_pairs)
-    except json.JSONDecodeError:
-        return None, False
+        parsed: object = json.loads(
+            text, object_pairs_hook=_reject_duplicate_pairs, parse_int=_json_int
+        )
     except _DuplicateJsonKey as exc:
         raise InvalidInput(f"{source}: duplicate key {exc.args[0]!r}") from None
+    except _Refused as exc:
+        raise InvalidInput(f"{source}: {exc.message}") from None
     except RecursionError:
         raise InvalidInput(f"{source}: nesting deeper than {max_depth} levels") from None
     if _depth(parsed) > max_depth:
         raise InvalidInput(f"{source}: nesting deeper than {max_depth} levels")
-    return parsed, True
+    if _has_surrogate(parsed):
+        raise InvalidInput(f"{source}: {_SURROGATE_MESSAGE}")
+    return parsed
+
+
+def _try_json(text: str, *, source: str, max_depth: int) -> tuple[object, bool]:
+    """Parse strict JSON; ``(None, False)`` when the text is not JSON (YAML may still read it)."""
+    try:
+        return _parse_json(text, source=source, max_depth=max_depth), True
+    except json.JSONDecodeError:
+        return None, False
+
+
+def load_json(
+    data: str | bytes, *, source: str, max_bytes: int = 1_048_576, max_depth: int = 64
+) -> object:
+    """Parse one strict JSON document (UTF-8) within the limits of :func:`load_yaml`.
+
+    Every failure raises :class:`InvalidInput` whose message starts with ``source``
+    and never quotes a value of the input (``repo_json`` holds credentials).
+    """
+    text = _decode(data, source=source, max_bytes=max_bytes)
+    try:
+        return _parse_json(text, source=source, max_depth=max_depth)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def _depth(value: object) -> int:
@@ -297,9 +401,65 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _has_surrogate(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def compose_yaml(
+    data: str | bytes,
+    *,
+    source: str,
+    max_bytes: int = 1_048_576,
+    max_depth: int = 64,
+    max_aliases: int = 64,
+) -> Node | None:
+    """The node tree of one YAML document (``None`` if empty), under :func:`load_yaml`'s
+    limits; marks index into the text with any byte-order mark removed."""
+    text = _decode(data, source=source, max_bytes=max_bytes)
+    node: Node | None = _with_limits(
+        text,
+        lambda loader: loader.get_single_node(),
+        source=source,
+        max_nodes=2 * max_bytes + 16,
+        max_depth=max_depth,
+        max_aliases=max_aliases,
+    )
+    return node
+
+
 def _load_with_limits(
     text: str, *, source: str, max_nodes: int, max_depth: int, max_aliases: int
 ) -> object:
+    return _with_limits(
+        text,
+        lambda loader: loader.get_single_data(),
+        source=source,
+        max_nodes=max_nodes,
+        max_depth=max_depth,
+        max_aliases=max_aliases,
+    )
+
+
+def _with_limits(
+    text: str,
+    step: Callable[[_LimitedLoader], _T],
+    *,
+    source: str,
+    max_nodes: int,
+    max_depth: int,
+    max_aliases: int,
+) -> _T:
     try:
         loader = _LimitedLoader(text)
     except yaml.reader.ReaderError as exc:
@@ -311,7 +471,7 @@ def _load_with_limits(
     loader.max_aliases = max_aliases
     loader.max_nodes = max_nodes
     try:
-        return loader.get_single_data()
+        return step(loader)
     except _Refused as exc:
         raise InvalidInput(_located(source, exc.message, exc.mark)) from None
     except yaml.MarkedYAMLError as exc:
@@ -320,6 +480,9 @@ def _load_with_limits(
         raise InvalidInput(f"{source}: {exc}") from None
     except RecursionError:
         raise InvalidInput(f"{source}: nesting too deep") from None
+    except _CONSTRUCTION_ERRORS:
+        # Construction errors are located in construct_object; this is the last net.
+        raise InvalidInput(f"{source}: a value cannot be read") from None
     finally:
         loader.dispose()
 

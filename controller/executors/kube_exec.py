@@ -16,6 +16,8 @@ clean-up signal that group and nothing else, which matters when runs share a pod
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import shlex
@@ -33,6 +35,8 @@ log = logging.getLogger("mlexp.kube")
 
 POLL_SECONDS = 1.0
 CANCEL_GRACE = 5.0
+LOG_COPY_BYTES = 1024 * 1024  # of the pod's runner.log per exec call
+LOG_CAP_SLACK = 4096  # the runner's marker line, beyond its log_max_bytes
 
 
 def _pgid_of(pid: str) -> str:
@@ -113,6 +117,9 @@ class ExecExecutor:
             "workdir": workdir,
             "log": str(request.log_path),
         }
+        cap = request.spec.get("log_max_bytes")
+        if isinstance(cap, int):
+            handle["log_max_bytes"] = cap
         quoted = shlex.quote(workdir)
         # Byte counts instead of end-of-input: not every exec server passes stdin's close on.
         source = self.runner_source
@@ -156,18 +163,41 @@ class ExecExecutor:
         return status if isinstance(status, dict) else None
 
     def _copy_log(self, handle: Handle) -> None:
+        """Append what is new in the pod's runner.log to the run's log, a slice per exec.
+
+        Slices are bounded (memory stays flat) and travel as base64, so the byte count
+        is exact: the exec channel decodes text, which would drift on bytes that are
+        not UTF-8 or on a character cut between two frames. The runner keeps its log
+        under the cap; the run's code can write to runner.log too, so no more than the
+        cap is copied whatever it does.
+        """
         # How much of the pod's runner.log is already in ours, kept beside it so that a
         # restarted service resumes where it was instead of copying it twice.
         mark = Path(f"{handle['log']}.offset")
         offset = int(mark.read_text() or 0) if mark.is_file() else 0
         workdir = shlex.quote(str(handle["workdir"]))
-        result = self._exec(
-            handle, f"tail -c +{offset + 1} {workdir}/{runner.LOG_FILE} 2>/dev/null || true"
-        )
-        if result.stdout:
-            with Path(str(handle["log"])).open("a") as out:
-                out.write(result.stdout)
-            mark.write_text(str(offset + len(result.stdout.encode())))
+        cap = handle.get("log_max_bytes")
+        limit = int(str(cap)) + LOG_CAP_SLACK if cap is not None else None
+        while limit is None or offset < limit:
+            wanted = LOG_COPY_BYTES if limit is None else min(LOG_COPY_BYTES, limit - offset)
+            result = self._exec(
+                handle,
+                f"tail -c +{offset + 1} {workdir}/{runner.LOG_FILE} 2>/dev/null"
+                f" | head -c {wanted} | base64 || true",
+            )
+            try:
+                data = base64.b64decode(result.stdout)
+            except (binascii.Error, ValueError):
+                log.warning("pod log slice unreadable", extra={"pod": handle["pod"]})
+                return
+            if not data:
+                return
+            with Path(str(handle["log"])).open("ab") as out:
+                out.write(data)
+            offset += len(data)
+            mark.write_text(str(offset))
+            if len(data) < wanted:
+                return
 
     def is_active(self, handle: Handle) -> bool:
         """Whether anything of the run lives: a process of its group (older handles: its runner).

@@ -37,6 +37,7 @@ PASSTHROUGH_ENV = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 )  # fmt: skip
 POLL_SECONDS = 0.1
+REASON_MAX_CHARS = 1000  # status.json is in reach of the run's code
 
 
 class LocalExecutor:
@@ -82,20 +83,31 @@ class LocalExecutor:
                 hidden=self.hidden,
             )
             command = sandbox.bwrap_argv(plan, command, bwrap=self.bwrap)
-        with log_path.open("ab") as log:
-            child = subprocess.Popen(
-                command,
-                cwd=workdir,
-                env=self._environment(),
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        try:
+            with log_path.open("ab") as log:
+                child = subprocess.Popen(
+                    command,
+                    cwd=workdir,
+                    env=self._environment(),
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError:
+            self.cleanup({"workdir": str(workdir)})
+            raise
         assert child.stdin is not None
-        # One line of JSON on stdin: credentials are in no file, argv or environ block.
-        with child.stdin:
-            child.stdin.write(json.dumps(dict(request.env)).encode() + b"\n")
+        try:
+            # One line of JSON on stdin: credentials are in no file, argv or environ block.
+            with child.stdin:
+                child.stdin.write(json.dumps(dict(request.env)).encode() + b"\n")
+        except OSError:
+            # It died at once (nothing read its stdin): nothing of it may outlive the launch.
+            processes.kill_group(child.pid, signal.SIGKILL)
+            child.wait()
+            self.cleanup({"workdir": str(workdir)})
+            raise
         with self._lock:
             self._children[child.pid] = child
         return {
@@ -151,8 +163,9 @@ class LocalExecutor:
                 metrics_files=dict(status.get("metrics_files") or {}),
             )
         if status.get("state") == "failed":
-            return Outcome("failed", reason=str(status.get("error") or "the runner failed"))
-        step = status.get("step") or "an unknown step"
+            reason = str(status.get("error") or "the runner failed")[:REASON_MAX_CHARS]
+            return Outcome("failed", reason=reason)
+        step = str(status.get("step") or "an unknown step")[:REASON_MAX_CHARS]
         return Outcome("failed", reason=f"the runner stopped during {step} without finishing")
 
     def cancel(self, handle: Handle) -> bool:

@@ -13,7 +13,7 @@ from controller.domain.bundle import RepoSpec, is_local_url
 from controller.domain.errors import InvalidInput
 from controller.domain.models import Experiment, JsonValue, Run, RunResult
 from controller.domain.naming import run_branch
-from controller.domain.params import apply_overrides
+from controller.domain.params import apply_overrides, render_params
 from controller.domain.safeyaml import dump_yaml, load_yaml
 
 
@@ -21,7 +21,6 @@ def runner_spec(
     *, run: Run, experiment: Experiment, cache_dir: str | None = None
 ) -> dict[str, object]:
     """What the runner needs to run and publish ``run`` (no credentials: those are env)."""
-    params = apply_overrides(experiment.params, run.params)
     overrides = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(run.params.items()))
     return {
         "run_id": run.run_id,
@@ -30,11 +29,21 @@ def runner_spec(
         "base_branch": experiment.branch,
         "base_commit": experiment.commit,
         "branch": run_branch(run.run_id),
-        "files": {"params.yaml": dump_yaml(params)} if run.params else {},
+        "files": {"params.yaml": run_params_yaml(run=run, experiment=experiment)}
+        if run.params
+        else {},
         "metrics_files": list(experiment.metrics_files),
         "message": f"mlexp run {run.run_id}" + (f"\n\nparams: {overrides}" if overrides else ""),
         "cache_dir": cache_dir,
     }
+
+
+def run_params_yaml(*, run: Run, experiment: Experiment) -> str:
+    """The run's ``params.yaml``: the experiment's committed document with the run's
+    overrides written in (records made before the document was kept: from its values)."""
+    if experiment.params_document is None:
+        return dump_yaml(apply_overrides(experiment.params, run.params))
+    return render_params(experiment.params_document, run.params)
 
 
 def credential_env(spec: RepoSpec, *, git_ca_bundle: str | None = None) -> dict[str, str]:
@@ -70,15 +79,28 @@ DVC_GITIGNORE = "/config.local\n/tmp\n/cache\n"
 
 
 def run_result(
-    *, run: Run, experiment: Experiment, commit: str, metrics_files: Mapping[str, str]
+    *,
+    run: Run,
+    experiment: Experiment,
+    commit: str,
+    metrics_files: Mapping[str, str],
+    warnings: list[str] | None = None,
 ) -> RunResult:
+    """The published run's result. A metrics file that cannot be read is no failure: its
+    entry in ``metrics`` is ``{"error": …}``, and a sentence saying so goes to ``warnings``."""
     branch = run_branch(run.run_id)
     metrics: dict[str, JsonValue] = {}
     for path, text in metrics_files.items():
         try:
             metrics[path] = _as_json(load_yaml(text, source=path))
+            continue
         except InvalidInput as exc:
-            metrics[path] = {"error": exc.detail}
+            error = exc.detail
+        except Exception as exc:  # the run's own file: whatever it holds, it fails no run
+            error = f"{path}: not readable as YAML or JSON ({type(exc).__name__}: {exc})"[:500]
+        metrics[path] = {"error": error}
+        if warnings is not None:
+            warnings.append(f"metrics file {path} could not be read: {error}")
     return RunResult(
         git_url=experiment.git_url,
         branch=branch,

@@ -18,12 +18,13 @@ from controller.adapters.locations import LocationGuard, Resolver
 from controller.adapters.secrets import LocalSecretStore
 from controller.adapters.store import Store
 from controller.domain.bundle import Profile, RepoSpec, parse_repo_json
-from controller.domain.errors import InvalidBundle, NotFound
-from controller.domain.models import Experiment, JsonValue, utcnow
+from controller.domain.errors import InvalidBundle, InvalidPipeline, NotFound
+from controller.domain.models import CreatedExperiment, Experiment, JsonValue, utcnow
 from controller.domain.naming import new_id
+from controller.domain.params import parse_params
 from controller.domain.paths import validate_repo_path
 from controller.domain.pipeline import Pipeline, parse_pipeline
-from controller.domain.safeyaml import dump_yaml, load_yaml
+from controller.domain.safeyaml import load_yaml
 from controller.planning.runs import DVC_GITIGNORE, dvc_config
 from controller.services.auth import Principal
 from controller.settings import Settings
@@ -46,6 +47,7 @@ class ValidBundle:
     spec: RepoSpec
     pipeline: Pipeline
     params: dict[str, JsonValue]
+    params_document: str  # params.yaml as it will be committed
     files: dict[str, bytes]
 
 
@@ -84,7 +86,8 @@ class ExperimentService:
         """All checks, writing nothing: a bundle that passes is one DVC would run (host names
         in it are resolved, and local paths looked at, to apply the egress rules)."""
         spec = parse_repo_json(upload.repo_json, profile=self.profile)
-        params = _params(upload.hyperparams, limit=self.settings.max_yaml_bytes)
+        params_file = parse_params(upload.hyperparams, max_bytes=self.settings.max_yaml_bytes)
+        params = params_file.values
         files: dict[str, bytes] = {}
         if len(upload.files) > MAX_FILES:
             raise InvalidBundle(f"at most {MAX_FILES} files are accepted")
@@ -96,24 +99,46 @@ class ExperimentService:
                 _check_pointer_file(path, data, limit=self.settings.max_yaml_bytes)
             files[path] = data
         pipeline = parse_pipeline(upload.dvc_yaml, files=files, params=params)
-        self.locations.check(spec)  # last: it resolves names, the rest is pure
-        return ValidBundle(spec=spec, pipeline=pipeline, params=params, files=files)
+        # Last: these resolve names, the rest is pure.
+        self._check_external_deps(pipeline, spec)
+        self.locations.check(spec)
+        return ValidBundle(
+            spec=spec,
+            pipeline=pipeline,
+            params=params,
+            params_document=params_file.document,
+            files=files,
+        )
 
-    def create(self, principal: Principal, upload: BundleUpload) -> Experiment:
+    def _check_external_deps(self, pipeline: Pipeline, spec: RepoSpec) -> None:
+        """URL dependencies: a host must pass the egress policy as git.url does, and
+        ``remote://`` must name the one DVC remote the repository is given."""
+        checked: set[str] = set()
+        for dep in pipeline.external_deps:
+            where = f"dvc.yaml: stage '{dep.stage}': dependency {dep.url!r}"
+            if dep.remote is not None and dep.remote != spec.dvc.remote:
+                raise InvalidPipeline(
+                    f"{where}: the repository's only DVC remote is '{spec.dvc.remote}'",
+                    stages=[dep.stage],
+                )
+            if dep.host is not None and dep.host not in checked:
+                checked.add(dep.host)
+                try:
+                    self.locations.check_host(dep.host, where)
+                except InvalidBundle as exc:
+                    raise InvalidPipeline(exc.detail, stages=[dep.stage]) from None
+
+    def create(self, principal: Principal, upload: BundleUpload) -> CreatedExperiment:
         bundle = self.validate(upload)
         experiment_id = new_id("exp")
         spec = bundle.spec
         created_repo = None
         git_url = spec.git.url
-        if git_url is None:
-            created_repo = self.settings.repos_dir / f"{experiment_id}.git"
-            gitrepo.init_bare(created_repo, spec.git.branch)
-            git_url = str(created_repo)
         dvc_url = spec.dvc.url or str(self.settings.remotes_dir / experiment_id)
         storage = spec.storage
         repo_files = dict(bundle.files)
         repo_files["dvc.yaml"] = upload.dvc_yaml
-        repo_files["params.yaml"] = dump_yaml(bundle.params).encode()
+        repo_files["params.yaml"] = bundle.params_document.encode()
         repo_files[".dvc/config"] = dvc_config(
             remote=spec.dvc.remote,
             url=dvc_url,
@@ -122,13 +147,18 @@ class ExperimentService:
         ).encode()
         repo_files[".dvc/.gitignore"] = DVC_GITIGNORE.encode()
         repo_files.setdefault(".dvcignore", b"")
-        access = gitrepo.GitAccess(
-            url=git_url,
-            username=spec.git.username,
-            token=spec.git.token.get_secret_value() if spec.git.token else None,
-            ca_bundle=str(self.settings.git_ca_bundle) if self.settings.git_ca_bundle else None,
-        )
         try:
+            if git_url is None:
+                # Inside the try: a failure from here on removes the repo again.
+                created_repo = self.settings.repos_dir / f"{experiment_id}.git"
+                gitrepo.init_bare(created_repo, spec.git.branch)
+                git_url = str(created_repo)
+            access = gitrepo.GitAccess(
+                url=git_url,
+                username=spec.git.username,
+                token=spec.git.token.get_secret_value() if spec.git.token else None,
+                ca_bundle=str(self.settings.git_ca_bundle) if self.settings.git_ca_bundle else None,
+            )
             commit = gitrepo.publish(
                 access,
                 branch=spec.git.branch,
@@ -148,6 +178,7 @@ class ExperimentService:
                 stages=list(bundle.pipeline.order),
                 metrics_files=list(bundle.pipeline.metrics_files),
                 params=bundle.params,
+                params_document=bundle.params_document,
                 created_at=utcnow(),
             )
             self.secrets.put(experiment_id, spec)
@@ -161,7 +192,8 @@ class ExperimentService:
             "experiment created",
             extra={"experiment_id": experiment_id, "commit": commit, "owner": principal.name},
         )
-        return experiment
+        # The pipeline's warnings go back to the caller, not into the record.
+        return CreatedExperiment(**experiment.model_dump(), warnings=list(bundle.pipeline.warnings))
 
     def get(self, principal: Principal, experiment_id: str) -> Experiment:
         experiment = self.store.get_experiment(experiment_id)
@@ -189,16 +221,6 @@ class ExperimentService:
         return spec
 
 
-def _params(data: bytes, *, limit: int) -> dict[str, JsonValue]:
-    parsed = load_yaml(data, source="hyperparams_file", max_bytes=limit)
-    if parsed is None:
-        return {}
-    if not isinstance(parsed, dict):
-        raise InvalidBundle("hyperparams_file must hold a mapping of parameters")
-    _check_json_compatible(parsed, "params")
-    return parsed
-
-
 def _check_pointer_file(path: str, data: bytes, *, limit: int) -> None:
     """A ``.dvc`` file may point at data; an old-style one with ``cmd`` would add a stage
     that dvc.yaml's checks never saw."""
@@ -206,21 +228,4 @@ def _check_pointer_file(path: str, data: bytes, *, limit: int) -> None:
     if isinstance(parsed, dict) and "cmd" in parsed:
         raise InvalidBundle(
             f"{path}: .dvc files with 'cmd' are not accepted; put stages in dvc.yaml"
-        )
-
-
-def _check_json_compatible(value: object, where: str) -> None:
-    """Params travel as JSON (API, overrides); YAML dates or non-string keys would not."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidBundle(f"hyperparams_file: key {key!r} in {where} is not a string")
-            _check_json_compatible(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json_compatible(item, f"{where}.{index}")
-    elif not (value is None or isinstance(value, str | int | float | bool)):
-        raise InvalidBundle(
-            f"hyperparams_file: {where} is a {type(value).__name__}; use a string, number, "
-            "boolean, list or mapping"
         )

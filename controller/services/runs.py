@@ -15,6 +15,7 @@ that finds every pod busy stays queued until a run on that workload ends
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -71,6 +72,11 @@ class KubernetesSide:
 EXECUTOR_OF = {"local": "local", "job": "job", "sts": "exec", "deploy": "exec"}
 # What a caller at its max_active_runs is told to wait (runs take minutes, not seconds).
 ACTIVE_RUNS_RETRY_SECONDS = 30
+# Following a runner: a wait that fails (an API call, not the runner) is tried again,
+# pausing 1, 2, 4, 8 s; then the runner is stopped rather than left unaccounted for.
+WAIT_ATTEMPTS = 5
+WAIT_RETRY_SECONDS = 1.0
+NOTE_MAX_CHARS = 2000
 
 
 class RunService:
@@ -124,10 +130,11 @@ class RunService:
         for run in reversed(self.store.list_runs(states=[RunState.RUNNING], limit=100_000)):
             try:
                 self._adopt(run)
-            except MlexpError as exc:
-                self._finish(
-                    run.run_id, Outcome("failed", reason=f"could not re-attach: {exc.detail}")
-                )
+            except Exception as exc:
+                log.exception("re-attaching failed", extra={"run_id": run.run_id})
+                detail = exc.detail if isinstance(exc, MlexpError) else type(exc).__name__
+                reason = f"could not re-attach: {detail}"
+                self._finish(run.run_id, Outcome("failed", reason=reason), check_publication=True)
         for run in reversed(self.store.list_runs(states=[RunState.QUEUED], limit=100_000)):
             self._enqueue(run)
 
@@ -142,6 +149,9 @@ class RunService:
         if handle is None:
             reason = "the service stopped before the runner started"
             self._finish(run.run_id, Outcome("failed", reason=reason))
+            if run.resource == "local":  # its work dir may have been made: the local layout
+                workdir = self.settings.work_dir / run.run_id
+                self._cleanup(executor, {"kind": "local", "workdir": str(workdir)})
             return
         if executor.is_active(handle):
             if self._placement is not None:
@@ -152,12 +162,14 @@ class RunService:
             # Adopted local runs count against the limit when a slot is free; they run anyway.
             self._spawn_follower(run.run_id, handle, local and self._slots.acquire(blocking=False))
             return
-        outcome = executor.outcome(handle)
-        if outcome.state == "failed":
-            reason = f"runner ended while the service was down: {outcome.reason}"
-            outcome = Outcome("failed", reason=reason)
-        self._finish(run.run_id, outcome)
-        executor.cleanup(handle)
+        try:
+            outcome = executor.outcome(handle)
+            if outcome.state == "failed":
+                reason = f"runner ended while the service was down: {outcome.reason}"
+                outcome = Outcome("failed", reason=reason)
+            self._finish(run.run_id, outcome, check_publication=True)
+        finally:
+            self._cleanup(executor, handle)
 
     def _executor_for(self, run: Run) -> Executor:
         return self.executors[EXECUTOR_OF[run.resource.split("/", 1)[0]]]
@@ -293,9 +305,12 @@ class RunService:
             executor = self._executor_for(run)
             if handle is not None and not executor.cancel(handle):
                 raise ExternalError(f"run {run_id!r} could not be stopped; it may still be running")
-            self.store.transition(run_id, RunState.CANCELLED, reason=reason)
-            self.note(run_id, reason)
-            log.info("run cancelled", extra={"run_id": run_id, "by": principal.name})
+            if self.store.transition(run_id, RunState.CANCELLED, reason=reason) is not None:
+                self.note(run_id, reason)
+                log.info("run cancelled", extra={"run_id": run_id, "by": principal.name})
+                # Its follower left the work dir to us: now nothing of the run can write there.
+                if handle is not None:
+                    self._cleanup(executor, handle)
         finally:
             self._cancelling.discard(run_id)
         return self.get(principal, run_id)
@@ -316,6 +331,8 @@ class RunService:
         path = self.log_path(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        if len(message) > NOTE_MAX_CHARS:  # reasons may quote a runner's (untrusted) words
+            message = message[:NOTE_MAX_CHARS] + " …"
         with path.open("a") as out:
             out.write(f"[mlexp {stamp}] {message}\n")
 
@@ -384,6 +401,7 @@ class RunService:
                 spec = runner_spec(
                     run=run, experiment=experiment, cache_dir=str(cache) if cache else None
                 )
+                spec["log_max_bytes"] = self.settings.log_max_bytes  # the runner caps its log
                 ca = self.settings.git_ca_bundle
                 repo = self.experiments.credentials(experiment.experiment_id)
                 env = credential_env(repo, git_ca_bundle=str(ca) if ca else None)
@@ -410,15 +428,15 @@ class RunService:
         """The run's result as published: its branch and metrics, read back from git."""
         experiment = self.store.get_experiment(run.experiment_id)
         assert experiment is not None
-        repo = self.experiments.credentials(run.experiment_id)
         ca = self.settings.git_ca_bundle
-        access = gitrepo.GitAccess(
-            url=experiment.git_url,
-            username=repo.git.username,
-            token=repo.git.token.get_secret_value() if repo.git.token else None,
-            ca_bundle=str(ca) if ca else None,
-        )
         try:
+            repo = self.experiments.credentials(run.experiment_id)
+            access = gitrepo.GitAccess(
+                url=experiment.git_url,
+                username=repo.git.username,
+                token=repo.git.token.get_secret_value() if repo.git.token else None,
+                ca_bundle=str(ca) if ca else None,
+            )
             found = gitrepo.read_published(
                 access,
                 branch=run_branch(run.run_id),
@@ -427,6 +445,10 @@ class RunService:
             )
         except MlexpError as exc:
             return Outcome("failed", reason=f"could not read the published result: {exc.detail}")
+        except Exception as exc:  # e.g. a metrics file that is not text
+            log.exception("reading the published result failed", extra={"run_id": run.run_id})
+            reason = f"could not read the published result: {type(exc).__name__}"
+            return Outcome("failed", reason=reason)
         if found is None:
             reason = f"the runner reported success but {run_branch(run.run_id)} was not published"
             return Outcome("failed", reason=reason)
@@ -453,25 +475,71 @@ class RunService:
         thread.start()
 
     def _follow(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
+        executor = self.executors[str(handle["kind"])]
+        settled = False
         try:
-            executor = self.executors[str(handle["kind"])]
-            outcome = executor.wait(handle)
-            if self._stopping.is_set():
-                return  # the service is shutting down: the next start settles this run
-            # A run being cancelled is settled by cancel(), once its processes are gone.
+            try:
+                outcome = self._wait(run_id, executor, handle)
+            except Exception:  # a bug or the disk: the run must end all the same
+                log.exception("following run failed", extra={"run_id": run_id})
+                outcome = Outcome("failed", reason="the service lost track of the runner")
+            if outcome is None or self._stopping.is_set():
+                return  # the service is stopping: the next start settles this run
+            # A run being cancelled is settled (and cleaned up) by cancel(), once its
+            # processes are gone; unless it succeeded first.
             if run_id not in self._cancelling or outcome.state == "succeeded":
-                self._finish(run_id, outcome)
-            executor.cleanup(handle)
-        except Exception:
-            if self._stopping.is_set():
-                return
-            log.exception("following run failed", extra={"run_id": run_id})
-            self._finish(run_id, Outcome("failed", reason="the service lost track of the runner"))
+                self._finish(run_id, outcome, check_publication=True)
+                settled = True
         finally:
+            if settled:
+                self._cleanup(executor, handle)
             self._forget_lock(run_id)
             if holds_slot:
                 self._slots.release()
             self._vacate(run_id)
+
+    def _wait(self, run_id: str, executor: Executor, handle: Handle) -> Outcome | None:
+        """How the runner ended; None if the service stops first.
+
+        A wait that fails (an API call failed, not necessarily the runner) is tried
+        again; a runner that ended meanwhile is asked how. One that still runs but
+        cannot be followed is stopped, so no run goes on unaccounted for.
+        """
+        pause = WAIT_RETRY_SECONDS
+        for attempt in range(1, WAIT_ATTEMPTS + 1):
+            try:
+                outcome = executor.wait(handle)
+                return None if self._stopping.is_set() else outcome
+            except Exception:
+                if self._stopping.is_set():
+                    return None
+                log.exception("waiting for the runner failed", extra={"run_id": run_id})
+            try:
+                if not executor.is_active(handle):
+                    return executor.outcome(handle)
+            except Exception:
+                log.exception("asking after the runner failed", extra={"run_id": run_id})
+            if attempt < WAIT_ATTEMPTS and self._stopping.wait(pause):
+                return None
+            pause *= 2
+        self.note(run_id, "the service lost track of the runner; stopping it")
+        try:
+            stopped = executor.cancel(handle)
+        except Exception:
+            log.exception("stopping a runner it lost track of failed", extra={"run_id": run_id})
+            stopped = False
+        return Outcome(
+            "failed",
+            reason="the service lost track of the runner"
+            + ("; it was stopped" if stopped else ", and could not stop it"),
+        )
+
+    def _cleanup(self, executor: Executor, handle: Handle) -> None:
+        """Remove what the run left where it ran (the executor keeps it if configured to)."""
+        try:
+            executor.cleanup(handle)
+        except Exception:
+            log.exception("cleaning up after a run failed", extra={"handle_kind": handle["kind"]})
 
     def _vacate(self, run_id: str) -> None:
         """The run no longer occupies a pod: runs waiting for one try again."""
@@ -482,22 +550,50 @@ class RunService:
         if not self._stopping.is_set():
             self._spawn(self._launch, run_id, False)
 
-    def _finish(self, run_id: str, outcome: Outcome) -> None:
+    def _finish(self, run_id: str, outcome: Outcome, *, check_publication: bool = False) -> None:
+        """Record how a run ended; never raises (followers and start-up call it).
+
+        A run's outcome is its publication: with ``check_publication`` a runner that
+        reported a failure (or none) but whose branch was pushed has succeeded.
+        """
+        try:
+            self._record(run_id, outcome, check_publication)
+        except Exception:
+            log.exception("recording how a run ended failed", extra={"run_id": run_id})
+            with contextlib.suppress(Exception):
+                reason = "the service could not record how the run ended; see its log"
+                if self.store.transition(run_id, RunState.FAILED, reason=reason):
+                    self.note(run_id, f"run failed: {reason}")
+
+    def _record(self, run_id: str, outcome: Outcome, check_publication: bool) -> None:
         run = self.store.get_run(run_id)
-        if run is None:
+        if run is None or run.state.terminal:
             return
         if outcome.state == "succeeded" and not outcome.commit:
             outcome = self._published(run)
+        elif outcome.state == "failed" and check_publication:
+            published = self._published(run)
+            if published.state == "succeeded":
+                self.note(
+                    run_id,
+                    f"the runner reported a failure ({outcome.reason}), but "
+                    f"{run_branch(run_id)} was published: the run succeeded",
+                )
+                outcome = published
         if outcome.state == "succeeded" and outcome.commit:
             experiment = self.store.get_experiment(run.experiment_id)
             assert experiment is not None
+            warnings: list[str] = []
             result = run_result(
                 run=run,
                 experiment=experiment,
                 commit=outcome.commit,
                 metrics_files=outcome.metrics_files,
+                warnings=warnings,
             )
             if self.store.transition(run_id, RunState.SUCCEEDED, result=result):
+                for warning in warnings:
+                    self.note(run_id, f"warning: {warning}")
                 self.note(run_id, f"run succeeded: {result.branch} at {result.commit}")
                 log.info("run succeeded", extra={"run_id": run_id, "commit": result.commit})
             return

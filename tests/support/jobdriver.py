@@ -7,14 +7,18 @@ through the API), materialises its ConfigMap and emptyDir volumes in a host
 directory, rewrites the command's mount paths to that directory, runs it, writes
 its output as CRI log lines where kwok serves pod logs from, and reports the
 exit code through the pod's status. With ``hold_all`` set, pods are left Running
-(for deadline, cancel and restart tests) until their run is released.
+(for deadline, cancel and restart tests) until their run is released. As a kubelet
+would, it kills a pod's processes when the pod is deleted, and all of them when the
+driver stops, so no test leaves a runner behind.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -40,6 +44,7 @@ class JobDriver:
         self.released: set[str] = set()
         self.driven: dict[str, int] = {}  # pod name -> exit code
         self._seen: set[str] = set()
+        self._children: dict[str, subprocess.Popen[str]] = {}  # pod name -> its process
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="job-driver")
@@ -51,6 +56,10 @@ class JobDriver:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        with self._lock:
+            children = list(self._children.values())
+        for child in children:
+            _kill(child)
 
     def release(self, run_id: str) -> None:
         with self._lock:
@@ -79,7 +88,13 @@ class JobDriver:
 
     def _sweep(self) -> None:
         selector = ",".join(f"{k}={v}" for k, v in MANUAL_DRIVE.items())
-        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        alive = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is None}
+        with self._lock:
+            gone = [child for name, child in self._children.items() if name not in alive]
+        for child in gone:
+            _kill(child)  # the pod was deleted (cancel, deadline, TTL): its container stops
+        for pod in pods:
             name = pod.metadata.name
             run_id = (pod.metadata.labels or {}).get(RUN_LABEL, "")
             with self._lock:
@@ -107,6 +122,13 @@ class JobDriver:
         return mounts
 
     def _drive(self, pod: Any) -> None:
+        try:
+            self._run_pod(pod)
+        except ApiException as exc:
+            if exc.status != 404:  # the pod, or what it references, was deleted meanwhile
+                raise
+
+    def _run_pod(self, pod: Any) -> None:
         name = pod.metadata.name
         container = pod.spec.containers[0]
         host = self.root / name
@@ -139,19 +161,30 @@ class JobDriver:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
+                start_new_session=True,
             ) as child,
         ):
+            with self._lock:
+                self._children[name] = child
             assert child.stdout is not None
             for line in child.stdout:
                 out.write(cri_log_line(line.rstrip("\n")) + "\n")
                 out.flush()
         exit_code = child.wait()
+        with self._lock:
+            self._children.pop(name, None)
         status = finished_pod_status(
             {container.name: container.image}, exit_code, started_at=started
         )
         self.core.patch_namespaced_pod_status(name, self.namespace, status)
         with self._lock:
             self.driven[name] = exit_code
+
+
+def _kill(child: subprocess.Popen[str]) -> None:
+    """The whole process group of a pod's command, as a container's processes die with it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
 
 
 def _rewrite(arg: str, mounts: dict[str, Path]) -> str:

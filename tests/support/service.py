@@ -1,4 +1,8 @@
-"""The app over real HTTP: uvicorn on a free loopback port, in a thread or as a process."""
+"""The app over real HTTP: uvicorn on a free loopback port, in a thread or as a process.
+
+Both run the server ``mlexp serve`` runs (``api.server.server_config``: the header
+deadline, the connection and request caps), so tests see what a client would.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import httpx
 import uvicorn
 
 from api.app import create_app
+from api.server import server_config
 from controller.settings import Settings
 from tests.support.waiting import wait_for
 
@@ -54,8 +59,11 @@ def _healthy(client: httpx.Client) -> bool:
 def service_in_thread(settings: Settings) -> Iterator[RunningService]:
     """The app in this process (so tests can reach its objects), over real HTTP."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    config = server_config(
+        settings.model_copy(update={"host": "127.0.0.1"}),
+        create_app(settings),
+        port=port,
+        log_level="warning",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -1,4 +1,9 @@
-"""repo_json: the schema (unknown keys refused), URL rules per profile, no value echoed."""
+"""repo_json: the schema (unknown keys refused), URL rules per profile, no value echoed.
+
+Also: every malformed document (deep nesting, huge integers) is an InvalidBundle, and
+branch names follow ``git check-ref-format --branch`` (the same rules are checked
+against the git binary itself in tests/integration/test_branch_names_git.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.domain.bundle import parse_repo_json, redact_url
+from controller.domain.bundle import (
+    branch_name_problem,
+    git_branch_problem,
+    parse_repo_json,
+    redact_url,
+)
 from controller.domain.errors import InvalidBundle
 
 FULL = {
@@ -113,10 +123,75 @@ def test_bad_dvc_urls_are_refused(dvc_url: str) -> None:
         parse({**FULL, "dvc": {"url": dvc_url}})
 
 
-@pytest.mark.parametrize("branch", ["-x", "a..b", "a//b", "a.lock", "x@{1}", "a b", "/a", "a/"])
-def test_bad_branch_names_are_refused(branch: str) -> None:
-    with pytest.raises(InvalidBundle, match="branch"):
+@pytest.mark.parametrize(
+    ("branch", "reason"),
+    [
+        ("-x", "start with '-'"),
+        ("a..b", "'..'"),
+        ("a//b", "'//'"),
+        ("a.lock", "'.lock'"),
+        ("x.lock/y", "'.lock'"),
+        ("x@{1}", "'@{'"),
+        ("@{", "'@{'"),
+        ("a b", "spaces"),
+        ("/a", "start or end with '/'"),
+        ("a/", "start or end with '/'"),
+        ("a/.b", "start with '.'"),
+        (".a", "start with '.'"),
+        ("main.", "end with '.'"),
+        ("a/b.", "end with '.'"),
+        ("HEAD", "'HEAD'"),
+        ("@", "'@'"),
+        ("a\tb", "control characters"),
+        ("a\x7fb", "control characters"),
+        ("a~1", "~"),
+        ("a^", "^"),
+        ("a:b", ":"),
+        ("a?", "?"),
+        ("a*", "*"),
+        ("a[1]", "["),
+        ("a\\b", "\\"),
+        ("", "1 to 200"),
+        ("a" * 201, "1 to 200"),
+    ],
+)
+def test_bad_branch_names_are_refused(branch: str, reason: str) -> None:
+    with pytest.raises(InvalidBundle, match=r"git\.branch") as exc:
         parse({**FULL, "git": {"url": "https://h/x.git", "branch": branch}})
+    assert "not a valid git branch name" in exc.value.detail
+    assert reason in exc.value.detail
+
+
+@pytest.mark.parametrize(
+    "branch", ["main", "feature/x-1", "release/v1.2", "a.b/c_d", "HEAD/x", "x/HEAD", "a" * 200]
+)
+def test_good_branch_names_are_accepted(branch: str) -> None:
+    spec = parse({**FULL, "git": {"url": "https://h/x.git", "branch": branch}})
+    assert spec.git.branch == branch  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["a@b", "@a", "caf\u00e9", "a+b", "a#b", "a=b"])
+def test_policy_is_narrower_than_git(name: str) -> None:
+    # git takes these; our character set does not (they end up in commands and URLs).
+    assert git_branch_problem(name) is None
+    assert branch_name_problem(name) is not None
+
+
+_BRANCH_ALPHABET = st.sampled_from(["a", "b", "/", ".", "-", "_", "lock", "HEAD", "@", "{"])
+
+
+@given(st.lists(_BRANCH_ALPHABET, min_size=1, max_size=10).map("".join))
+def test_git_rules_hold_for_every_accepted_name(name: str) -> None:
+    # Each rule, stated independently of how git_branch_problem checks it.
+    if branch_name_problem(name) is None:
+        parts = name.split("/")
+        assert all(parts)
+        assert not name.endswith(".")
+        assert name not in ("HEAD", "@")
+        assert not any(p.startswith(".") or p.endswith(".lock") for p in parts)
+        assert ".." not in name
+        assert "@{" not in name
+        assert not name.startswith("-")
 
 
 def test_endpoint_with_credentials_is_refused() -> None:
@@ -129,6 +204,23 @@ def test_endpoint_with_credentials_is_refused() -> None:
 def test_not_a_json_object(raw: bytes) -> None:
     with pytest.raises(InvalidBundle):
         parse_repo_json(raw, profile="local")
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"[" * 60_000, "nesting deeper than 64 levels"),
+        (b'{"git": {"branch": ' + b"1" * 5000 + b"}}", "over the limit of 1000 digits"),
+        (b'{"git": {"token": "a"}, "git": {}}', "duplicate key 'git'"),
+        (b'{"git": {"token": tok-SECRET-123}}', "not valid JSON"),
+    ],
+)
+def test_malformed_repo_json_is_invalid_bundle(raw: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidBundle) as exc:
+        parse_repo_json(raw, profile="local")
+    assert exc.value.detail.startswith("repo_json: ")
+    assert fragment in exc.value.detail
+    assert "tok-SECRET-123" not in exc.value.detail
 
 
 def test_oversized_repo_json() -> None:

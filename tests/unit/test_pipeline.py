@@ -525,6 +525,8 @@ def test_warns_about_dependencies_nobody_provides() -> None:
 
 ERRORS = [
     ("- just\n- a list\n", [], "top level must be a mapping"),
+    ("", [], "dvc.yaml has no stages"),
+    ("# only a comment\n\n", [], "dvc.yaml has no stages"),
     ("vars: []\n", [], "no 'stages'"),
     ("stages: [a, b]\n", [], "'stages' must be a mapping"),
     ("stages: {}\n", [], "'stages' is empty"),
@@ -535,7 +537,7 @@ ERRORS = [
     ("stages:\n  a: {cmd: x, frozen: 'yes'}\n", ["a"], "'frozen' must be a boolean"),
     ("stages:\n  a: {cmd: x, deps: data}\n", ["a"], "'deps' must be a list of strings"),
     ("stages:\n  a: {cmd: x, outs: [{o: {cach: false}}]}\n", ["a"], "unknown option 'cach'"),
-    ("stages:\n  a: {cmd: x, outs: [{o: {checkpoint: true}}]}\n", ["a"], "removed in DVC 3"),
+    ("stages:\n  a: {cmd: x, outs: [{o: {checkpoint: 'yes'}}]}\n", ["a"], "'checkpoint' must be"),
     ("stages:\n  a: {cmd: x, metrics: [{m: {x: c}}]}\n", ["a"], "unknown option 'x'"),
     ("stages:\n  a: {cmd: x, wdir: 3}\n", ["a"], "'wdir' must be a string"),
     ("stages:\n  a: hello\n", ["a"], "stage 'a' must be a mapping"),
@@ -581,7 +583,8 @@ ERRORS = [
     ("stages:\n  a: {cmd: x, wdir: ../elsewhere}\n", ["a"], "leaves the repository"),
     ("stages:\n  a: {cmd: x, deps: [../../etc/passwd]}\n", ["a"], "leaves the repository"),
     ("stages:\n  a: {cmd: x, deps: [/etc/passwd]}\n", ["a"], "absolute path"),
-    ("stages:\n  a: {cmd: x, deps: ['s3://bucket/x']}\n", ["a"], "external URL"),
+    ("stages:\n  a: {cmd: x, outs: ['s3://bucket/x']}\n", ["a"], "external URL"),
+    ("stages:\n  a: {cmd: x, deps: ['gs://bucket/x']}\n", ["a"], "'gs://' dependencies are not"),
     ("stages:\n  a: {cmd: x, outs: [.git/hooks/post-checkout]}\n", ["a"], "git metadata"),
     ("stages:\n  a: {cmd: x, outs: [.dvc/config]}\n", ["a"], "DVC metadata"),
     ("stages:\n  a: {cmd: x, outs: [sub/dvc.yaml]}\n", ["a"], "cannot be an output"),
@@ -683,7 +686,7 @@ def test_interpolation_cannot_blow_a_small_file_up() -> None:
         params=long_value,
     )
     assert many_strings.stages == ["s"]
-    assert "expands to too much data" in many_strings.detail
+    assert "over the 'chars' limit: more than 67108864 characters" in many_strings.detail
 
 
 def test_yaml_limits_apply_to_dvc_yaml() -> None:

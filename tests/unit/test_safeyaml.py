@@ -1,4 +1,9 @@
-"""safeyaml: YAML 1.2 scalars like DVC, JSON, and every limit refused as InvalidInput."""
+"""safeyaml: YAML 1.2 scalars like DVC, JSON, and every limit refused as InvalidInput.
+
+Also: values that cannot be constructed (bad dates, ``0x_``, ``!!float abc``) and
+integers over the digit limit are InvalidInput with a location, in YAML and JSON;
+``load_json`` is strict JSON with the same limits; ``compose_yaml`` keeps positions.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.domain.errors import InvalidInput
-from controller.domain.safeyaml import dump_yaml, load_yaml
+from controller.domain.safeyaml import (
+    MAX_INT_DIGITS,
+    compose_yaml,
+    dump_yaml,
+    load_json,
+    load_yaml,
+)
 
 
 def load(text: str | bytes, **limits: int) -> object:
@@ -190,3 +201,121 @@ def test_dump_is_read_back_identically_by_ruamel_as_dvc_reads_it() -> None:
 def test_dump_refuses_objects_with_type_error() -> None:
     with pytest.raises(TypeError, match="cannot represent"):
         dump_yaml({"a": object()})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a: 2020-99-99\n", "line 1, column 4: this value is not valid as a date or timestamp"),
+        ("a: 2020-01-01 25:00:00\n", "line 1, column 4: this value is not valid as a date"),
+        ("a: 2020-01-01 10:00:00 +99:00\n", "not valid as a date or timestamp"),
+        ("a: 0x_\n", "line 1, column 4: this value is not valid as an integer"),
+        ("a: 0b_\n", "not valid as an integer"),
+        ("a: !!float abc\n", "line 1, column 4: this value is not valid as a float"),
+        ("a: !!float\n", "not valid as a float"),
+        ("a: !!bool abc\n", "line 1, column 4: this value is not valid as a boolean"),
+        ("a: !!timestamp xyz\n", "line 1, column 4: this value is not valid as a date"),
+        ("b: 1\na: !!timestamp\n", "line 2, column 4: this value is not valid as a date"),
+        ("a: !!int 1.5\n", "not valid as an integer"),
+        ("{a: [1, 2020-99-99]}\n", "line 1, column 9: this value is not valid as a date"),
+        ("? 2020-99-99\n: x\n", "line 1, column 3: this value is not valid as a date"),
+        ('{"a": 1, "b": 2020-99-99}', "this value is not valid as a date"),  # not JSON: YAML
+    ],
+)
+def test_values_that_cannot_be_constructed_are_invalid_input(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        load(text)
+    assert caught.value.detail.startswith("in.yaml: ")
+    assert fragment in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "1" * 5000 + "\n",
+        "a: -" + "9" * (MAX_INT_DIGITS + 1) + "\n",
+        "a: 0x" + "f" * (MAX_INT_DIGITS + 1) + "\n",
+        "a: !!int " + "1" * 5000 + "\n",
+        '{"a": ' + "1" * 5000 + "}",
+        '{"a": [-' + "1" * 5000 + "]}",
+    ],
+)
+def test_integers_over_the_digit_limit_are_refused(text: str) -> None:
+    with pytest.raises(InvalidInput, match=f"over the limit of {MAX_INT_DIGITS} digits"):
+        load(text)
+
+
+def test_integers_at_the_digit_limit_are_read() -> None:
+    assert load("a: " + "9" * MAX_INT_DIGITS + "\n") == {"a": int("9" * MAX_INT_DIGITS)}
+    assert load('{"a": -' + "9" * MAX_INT_DIGITS + "}") == {"a": -int("9" * MAX_INT_DIGITS)}
+    assert load("a: 0x" + "f" * MAX_INT_DIGITS + "\n") == {"a": 16**MAX_INT_DIGITS - 1}
+
+
+def test_json_first_false_reads_json_as_yaml() -> None:
+    # JSON reads a tab-indented document; YAML, as DVC reads params.yaml, does not.
+    tabbed = '{\n\t"a": 1\n}'
+    assert load(tabbed) == {"a": 1}
+    with pytest.raises(InvalidInput):
+        load_yaml(tabbed, source="in.yaml", json_first=False)
+    assert load_yaml('{"a": [1, 2.5]}', source="in.yaml", json_first=False) == {"a": [1, 2.5]}
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"[" * 60_000, "nesting deeper than 64 levels"),
+        (b"[" * 65 + b"]" * 65, "nesting deeper than 64 levels"),
+        (b'{"git": {"n": ' + b"1" * 5000 + b"}}", "over the limit of 1000 digits"),
+        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+        (b'{"a": secret-value}', "not valid JSON: Expecting value at line 1 column 7"),
+        (b"a: 1\n", "not valid JSON"),  # YAML is not accepted here
+        (b"\xff", "not UTF-8"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_load_json_refuses_with_invalid_input_only(data: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        load_json(data, source="repo_json")
+    assert caught.value.detail.startswith("repo_json: ")
+    assert fragment in caught.value.detail
+    assert "secret-value" not in caught.value.detail
+
+
+def test_load_json_reads_json() -> None:
+    assert load_json('\ufeff{"a": [1, 2.5, null, true, "x"]}', source="j") == {
+        "a": [1, 2.5, None, True, "x"]
+    }
+
+
+def test_compose_yaml_keeps_positions() -> None:
+    root = compose_yaml("\ufeff# c\na: 1\nb: [x]\n", source="p")
+    assert root is not None
+    (key_a, value_a), (_, value_b) = root.value
+    assert (key_a.value, value_a.value) == ("a", "1")
+    assert (value_a.start_mark.line, value_a.start_mark.column) == (1, 3)
+    assert value_b.flow_style is True
+    assert compose_yaml("# nothing\n", source="p") is None
+    with pytest.raises(InvalidInput, match="p: line 1, column 6: nesting deeper than 3"):
+        compose_yaml("a: [[[1]]]\n", source="p", max_depth=3)
+
+
+_FRAGMENTS = [
+    *("!!int ", "!!float ", "!!bool ", "!!timestamp ", "!!null ", "!!str ", "!!binary "),
+    *("!!set ", "!!omap ", "!!pairs ", "!!seq ", "!!map "),
+    *("0x", "0o", "0b", "_", "-", "+", ".", "e", "E", ":", "T", "Z", " ", "\n", "[", "]"),
+    *("{", "}", ",", "? ", "a", "1", "9", "2020-", "12", "99", ".inf", ".nan", "yes", "~"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=12).map("".join))
+def test_tagged_and_numeric_scalars_parse_or_raise_invalid_input_only(scalar: str) -> None:
+    # Any other exception type escaping load_yaml fails the test.
+    for text in (f"a: {scalar}\n", f"- {scalar}\n", f"{{a: {scalar}}}"):
+        try:
+            load(text)
+        except InvalidInput as exc:
+            detail = exc.detail
+        else:
+            detail = "in.yaml: parsed"
+        assert detail.startswith("in.yaml: ")

@@ -9,13 +9,17 @@ from ``dvc/schema.py``, ``dvc/parsing/`` and ``dvc/stage/``, in this order:
 2. ``variables``  -- ``params.yaml`` and ``vars`` become the interpolation context;
 3. ``expand``     -- ``foreach``/``matrix`` expansion (names in ``iteration``)
    and ``${...}`` interpolation (``interpolation``);
-4. ``build``      -- repo-relative paths, outputs, declared parameters;
+4. ``build``      -- repo-relative paths, outputs, declared parameters, and
+   URL dependencies (``external``);
 5. ``params``     -- every declared parameter exists in its file;
 6. ``graph``      -- duplicate/overlapping outputs, self-dependencies, cycles,
    and an execution order.
 
-Every refusal is an :class:`~controller.domain.errors.InvalidPipeline` whose
-``stages`` names the stages involved.
+Every step is linear in what it reads, and the whole parse is metered by a
+:class:`~.limits.Budget` (stages, graph links, interpolations, values,
+characters, wall time). Every refusal is an
+:class:`~controller.domain.errors.InvalidPipeline` whose ``stages`` names the
+stages involved; one for a budget names the limit.
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from controller.domain.errors import InvalidInput, InvalidPipeline
-from controller.domain.pipeline.build import ParamsUse, build_stage
+from controller.domain.pipeline.build import ParamsUse, build_stage, external_dependencies
 from controller.domain.pipeline.expand import expand_stages
+from controller.domain.pipeline.external import ExternalDependency
 from controller.domain.pipeline.graph import (
     OutputIndex,
     execution_order,
     stage_graph,
     unprovided_dependencies,
 )
-from controller.domain.pipeline.interpolation import Budget
+from controller.domain.pipeline.limits import Budget, LimitExceeded, Limits, over
 from controller.domain.pipeline.model import Output, OutputKind, Pipeline, Stage
 from controller.domain.pipeline.params import resolve_params
 from controller.domain.pipeline.schema import check_stage_definition, check_top_level
@@ -42,47 +47,90 @@ from controller.domain.pipeline.toplevel import check_vars_section, top_level_me
 from controller.domain.pipeline.variables import ContextError, Variables
 from controller.domain.safeyaml import load_yaml
 
-__all__ = ["Output", "OutputKind", "Pipeline", "Stage", "parse_pipeline"]
+__all__ = [
+    "Budget",
+    "ExternalDependency",
+    "Limits",
+    "Output",
+    "OutputKind",
+    "Pipeline",
+    "Stage",
+    "parse_pipeline",
+]
 
 
 def parse_pipeline(
-    dvc_yaml: str | bytes, *, files: Mapping[str, bytes], params: Mapping[str, object]
+    dvc_yaml: str | bytes,
+    *,
+    files: Mapping[str, bytes],
+    params: Mapping[str, object],
+    budget: Budget | None = None,
 ) -> Pipeline:
-    """Parse and check a pipeline; ``files`` are the other uploads by repo path."""
+    """Parse and check a pipeline; ``files`` are the other uploads by repo path.
+
+    ``budget`` defaults to a fresh one with the default :class:`Limits`; pass
+    your own to use other limits or to read what the parse used.
+    """
+    budget = budget or Budget()
+    try:
+        return _parse(dvc_yaml, files, params, budget)
+    except LimitExceeded as exc:
+        # Limits crossed inside a stage are reported with it, by the steps.
+        raise InvalidPipeline(f"dvc.yaml: {exc}") from None
+
+
+def _parse(
+    dvc_yaml: str | bytes, files: Mapping[str, bytes], params: Mapping[str, object], budget: Budget
+) -> Pipeline:
     try:
         document = load_yaml(dvc_yaml, source="dvc.yaml")
     except InvalidInput as exc:
         raise InvalidPipeline(exc.detail) from None
     raw_stages = check_top_level(document)
     assert isinstance(document, Mapping)
+    warnings: list[str] = []
     for name, definition in raw_stages.items():
-        check_stage_definition(name, definition)
+        warnings += check_stage_definition(name, definition)
 
-    sources = Sources(files, params)
+    sources = Sources(files, params, budget)
     try:
         variables = Variables.for_pipeline(check_vars_section(document), sources)
     except ContextError as exc:
         raise InvalidPipeline(f"dvc.yaml: 'vars': {exc}") from None
-    budget = Budget()
+    budget.check_time()
     top_metrics = top_level_metrics(document, variables.data, budget)
-    resolved, warnings = expand_stages(raw_stages, variables, sources, budget)
+    resolved, expand_warnings = expand_stages(raw_stages, variables, sources, budget)
+    warnings += expand_warnings
 
     built = [build_stage(stage) for stage in resolved]
+    budget.check_time()
     index = OutputIndex([stage for stage, _ in built])
     stages: list[Stage] = []
+    external: list[ExternalDependency] = []
     for stage, uses in built:
-        pairs, params_warnings = resolve_params(stage.name, uses, sources, index.producer)
+        pairs, params_warnings = resolve_params(stage.name, uses, sources, index.producer, budget)
         stages.append(dataclasses.replace(stage, params=pairs))
         warnings.extend(params_warnings)
+        external += external_dependencies(stage)
+    _check_external_hosts(external, budget.limits)
 
-    graph = stage_graph(stages, index, _params_files(built))
+    graph = stage_graph(stages, index, _params_files(built), budget)
+    order = execution_order(graph, budget)
     warnings.extend(unprovided_dependencies(stages, index, sources))
     return Pipeline(
         stages=MappingProxyType({stage.name: stage for stage in stages}),
-        order=execution_order(graph, [stage.name for stage in stages]),
+        order=order,
         metrics_files=_metrics_files(stages, top_metrics),
         warnings=tuple(warnings),
+        external_deps=tuple(external),
     )
+
+
+def _check_external_hosts(external: list[ExternalDependency], limits: Limits) -> None:
+    # The service resolves each host name (blocking DNS) before accepting the bundle.
+    hosts = {dep.host for dep in external if dep.host is not None}
+    if len(hosts) > limits.external_hosts:
+        raise over("external_hosts", limits.external_hosts)
 
 
 def _params_files(built: list[tuple[Stage, list[ParamsUse]]]) -> dict[str, list[str]]:

@@ -2,7 +2,8 @@
 
 Paths become repo-relative (the stage's ``wdir`` applied) and are checked:
 inside the repo, not inside ``.git``/``.dvc``, and no output may be a DVC
-file. Output entries follow DVC's ``load_from_pipeline``: ``outs``, then
+file. A dependency may also be a URL (see :mod:`.external`); it is kept as
+written. Output entries follow DVC's ``load_from_pipeline``: ``outs``, then
 ``metrics``, then ``plots``; one path listed twice in a section merges its
 options. ``params`` follow DVC's ``_merge_params``: plain keys belong to
 ``params.yaml``, ``{file: [keys]}`` to ``file``, and a file given with no keys
@@ -17,12 +18,18 @@ from dataclasses import dataclass
 from controller.domain.errors import InvalidPipeline
 from controller.domain.paths import reserved_component
 from controller.domain.pipeline.expand import ResolvedStage
-from controller.domain.pipeline.locations import PathProblem, join_in_repo
+from controller.domain.pipeline.external import (
+    ExternalDependency,
+    UnsupportedUrl,
+    external_dependency,
+    redacted,
+)
+from controller.domain.pipeline.locations import PathProblem, is_url, join_in_repo
 from controller.domain.pipeline.model import Output, OutputKind, Stage
 from controller.domain.pipeline.schema import describe
 from controller.domain.pipeline.sources import DEFAULT_PARAMS_FILE
 
-__all__ = ["ParamsUse", "build_stage"]
+__all__ = ["ParamsUse", "build_stage", "external_dependencies"]
 
 _SECTIONS: tuple[OutputKind, ...] = ("outs", "metrics", "plots")
 _DVC_FILES = ("dvc.yaml", "dvc.lock")
@@ -39,17 +46,31 @@ class ParamsUse:
 def build_stage(resolved: ResolvedStage) -> tuple[Stage, list[ParamsUse]]:
     """The stage (``params`` still empty) and the parameters it declares."""
     fields = resolved.fields
+    deps = _strings(resolved, "deps")
     stage = Stage(
         name=resolved.name,
         cmd=_commands(resolved.name, fields["cmd"]),
         wdir=resolved.wdir,
-        deps=tuple(_dependency(resolved, dep) for dep in _strings(resolved, "deps")),
+        deps=tuple(_dependency(resolved, dep) for dep in deps if not is_url(dep)),
         outs=_outputs(resolved),
         params=(),
         frozen=bool(fields.get("frozen", False)),
         always_changed=bool(fields.get("always_changed", False)),
+        # DVC keeps a URL as written, whatever the stage's wdir.
+        external_deps=tuple(dict.fromkeys(dep for dep in deps if is_url(dep))),
     )
     return stage, _params_uses(resolved)
+
+
+def external_dependencies(stage: Stage) -> list[ExternalDependency]:
+    """The stage's URL dependencies, classified; refuses the ones the service cannot use."""
+    found: list[ExternalDependency] = []
+    for url in stage.external_deps:
+        try:
+            found.append(external_dependency(stage.name, url))
+        except UnsupportedUrl as exc:
+            raise _fail(stage.name, f"dependency {redacted(url)!r}: {exc}") from None
+    return found
 
 
 def _fail(name: str, detail: str) -> InvalidPipeline:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from controller.domain.errors import InvalidPipeline
 from controller.domain.pipeline.interpolation import (
-    Budget,
     InterpolationError,
     check_syntax,
     has_interpolation,
@@ -23,12 +22,12 @@ from controller.domain.pipeline.interpolation import (
 )
 from controller.domain.pipeline.iteration import (
     JOIN,
-    MAX_STAGES,
     Iteration,
     IterationError,
     foreach_iterations,
     matrix_iterations,
 )
+from controller.domain.pipeline.limits import Budget, LimitExceeded
 from controller.domain.pipeline.locations import PathProblem, join_in_repo
 from controller.domain.pipeline.sources import Sources
 from controller.domain.pipeline.variables import ContextError, Variables
@@ -60,8 +59,10 @@ def expand_stages(
         assert isinstance(definition, Mapping)  # checked by schema.check_stage_definition
         _check_name(group, stages)
         iterations = _iterations(group, definition, variables, budget)
-        if len(resolved) + len(iterations) > MAX_STAGES:
-            raise _fail(f"more than {MAX_STAGES} stages in total", group)
+        try:
+            budget.check_stages(len(resolved) + len(iterations))
+        except LimitExceeded as exc:
+            raise _fail(f"stage '{group}': {exc}", group) from None
         if not iterations:
             warnings.append(f"stage '{group}': foreach/matrix over nothing generates no stages")
         if _shadows(definition, variables):
@@ -123,7 +124,7 @@ def _iterations(
         if isinstance(matrix, Mapping):
             return matrix_iterations(group, matrix, variables.data, budget)
         return [Iteration(group, {})]
-    except InterpolationError as exc:
+    except (InterpolationError, LimitExceeded) as exc:
         raise _fail(f"stage '{group}': {exc}", group) from None
     except IterationError as exc:
         raise _fail(f"stage '{group}': {exc}", group, *exc.stages) from None
@@ -149,12 +150,14 @@ def _resolve_stage(
         assert isinstance(stage_vars, list)
         if has_interpolation(stage_vars):
             raise ContextError("${...} is not allowed in 'vars'")
-        scope = scope.with_stage_vars(stage_vars, wdir=wdir, sources=sources, stage=name)
+        scope = scope.with_stage_vars(
+            stage_vars, wdir=wdir, sources=sources, stage=name, budget=budget
+        )
         fields: dict[str, object] = {}
         for field, value in template.items():
             if field != "vars":
                 fields[field] = resolve(value, scope.data, key=field, budget=budget)
-    except (InterpolationError, ContextError, PathProblem) as exc:
+    except (InterpolationError, ContextError, PathProblem, LimitExceeded) as exc:
         where = "" if field is None else f", field '{field}'"
         raise _fail(f"{origin}{where}: {exc}", name) from None
     return ResolvedStage(name=name, group=group, wdir=wdir, fields=fields)

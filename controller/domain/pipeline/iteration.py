@@ -26,13 +26,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from controller.domain.pipeline.interpolation import Budget, is_whole_reference, resolve, to_str
+from controller.domain.pipeline.interpolation import is_whole_reference, resolve, to_str
+from controller.domain.pipeline.limits import Budget
 from controller.domain.pipeline.schema import describe
 from controller.domain.pipeline.variables import ContextError, check_values
 
 __all__ = [
     "JOIN",
-    "MAX_STAGES",
     "Iteration",
     "IterationError",
     "foreach_iterations",
@@ -40,9 +40,6 @@ __all__ = [
 ]
 
 JOIN = "@"
-# Far beyond any real sweep; a matrix of five 100-value lists would otherwise
-# ask for ten billion stages.
-MAX_STAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ def foreach_iterations(
             for item in data
         ]
         _check_items([entry.value for entry in entries])
-        return _from_list(group, entries)
+        return _from_list(group, entries, budget)
     iterable = resolve(data, variables, key=None, budget=budget)
     _check_items(iterable)
     if isinstance(iterable, Mapping):
@@ -89,18 +86,18 @@ def foreach_iterations(
             for key, value in iterable.items()
             if isinstance(key, str) or not from_context
         ]
-        _check_count(len(keyed))
+        _check_count(len(keyed), budget)
         return [
             Iteration(f"{group}{JOIN}{key}", {"item": item, "key": key})
             for key, item in _unique(group, keyed)
         ]
     if isinstance(iterable, list):
-        return _from_list(group, [_Entry(item, from_context=True) for item in iterable])
+        return _from_list(group, [_Entry(item, from_context=True) for item in iterable], budget)
     raise IterationError(f"foreach needs a list or a mapping, got {describe(iterable)}")
 
 
-def _from_list(group: str, entries: list[_Entry]) -> list[Iteration]:
-    _check_count(len(entries))
+def _from_list(group: str, entries: list[_Entry], budget: Budget) -> list[Iteration]:
+    _check_count(len(entries), budget)
     composite = any(isinstance(entry.value, (list, Mapping)) for entry in entries)
     keyed = [
         (str(index) if composite else _render(entry), entry.value)
@@ -116,7 +113,7 @@ def matrix_iterations(
     columns = {
         name: _matrix_column(name, values, variables, budget) for name, values in data.items()
     }
-    _check_count(math.prod(len(column) for column in columns.values()))
+    _check_count(math.prod(len(column) for column in columns.values()), budget)
     keyed: list[tuple[str, object]] = []
     for combination in itertools.product(*(enumerate(column) for column in columns.values())):
         fragments = [
@@ -124,7 +121,10 @@ def matrix_iterations(
             for name, (index, entry) in zip(columns, combination, strict=True)
         ]
         item = {name: entry.value for name, (_, entry) in zip(columns, combination, strict=True)}
-        keyed.append(("-".join(fragments), item))
+        key = "-".join(fragments)
+        # Each long value is repeated in the name of every combination it is in.
+        budget.spend(nodes=len(fragments), chars=len(key))
+        keyed.append((key, item))
     return [
         Iteration(f"{group}{JOIN}{key}", {"item": item, "key": key})
         for key, item in _unique(group, keyed)
@@ -147,9 +147,14 @@ def _matrix_column(
     return [_Entry(value, from_context=True) for value in resolved]
 
 
-def _check_count(count: int) -> None:
-    if count > MAX_STAGES:
-        raise IterationError(f"would generate {count} stages; at most {MAX_STAGES} are allowed")
+def _check_count(count: int, budget: Budget) -> None:
+    # Before anything is generated: a matrix of five 100-value lists would
+    # otherwise build ten billion combinations first.
+    limit = budget.limits.stages
+    if count > limit:
+        raise IterationError(
+            f"would generate {count} stages; over the 'stages' limit of {limit} per bundle"
+        )
 
 
 def _check_items(items: object) -> None:

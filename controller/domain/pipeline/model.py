@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from controller.domain.pipeline.external import ExternalDependency
+
 __all__ = ["Output", "OutputKind", "Pipeline", "Stage"]
 
 OutputKind = Literal["outs", "metrics", "plots"]
@@ -47,6 +49,8 @@ class Stage:
     params: tuple[tuple[str, str], ...]
     frozen: bool
     always_changed: bool
+    # URL dependencies (see .external), as written; DVC fetches them itself.
+    external_deps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,3 +64,6 @@ class Pipeline:
     # Things worth telling the client that do not stop the pipeline, such as a
     # dependency nobody produces or uploads (it may come from the DVC remote).
     warnings: tuple[str, ...]
+    # Every URL dependency, in dvc.yaml order: the service checks their hosts
+    # against the egress policy and their remotes against the bundle's.
+    external_deps: tuple[ExternalDependency, ...] = ()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from controller.domain.errors import InvalidPipeline
 from controller.domain.pipeline.build import ParamsUse
+from controller.domain.pipeline.limits import Budget
 from controller.domain.pipeline.sources import SourceError, Sources, UnsupportedFormat
 
 __all__ = ["resolve_params"]
@@ -25,6 +26,7 @@ def resolve_params(
     uses: list[ParamsUse],
     sources: Sources,
     producer: Callable[[str], str | None],
+    budget: Budget,
 ) -> tuple[tuple[tuple[str, str], ...], list[str]]:
     """``(file, key)`` pairs for the stage, and warnings for what cannot be checked."""
     pairs: list[tuple[str, str]] = []
@@ -34,8 +36,12 @@ def resolve_params(
         if warning is not None:
             warnings.append(warning)
         if use.keys is None:
+            # A whole file is one pair per key, for every stage that tracks it:
+            # 10,000 stages of a foreach tracking a large params.yaml add up.
+            budget.spend(nodes=len(data or {}))
             pairs.extend((use.file, str(key)) for key in (data or {}))
             continue
+        budget.spend(nodes=len(use.keys))
         for key in use.keys:
             pairs.append((use.file, key))
             if data is None:

@@ -76,6 +76,9 @@ _OUTPUT_OPTIONS: dict[str, tuple[_Check, str]] = {
     "persist": (_is_bool, "a boolean"),
     "remote": (_is_str, "a string"),
     "push": (_is_bool, "a boolean"),
+    # Checkpoint outputs were removed in DVC 3, which still accepts the key and
+    # ignores it; pipelines written for DVC 2 carry it (a warning, below).
+    "checkpoint": (_is_bool, "a boolean"),
 }
 _PLOT_OPTIONS: dict[str, tuple[_Check, str]] = {
     **_OUTPUT_OPTIONS,
@@ -127,6 +130,8 @@ def _fail(detail: str, stages: list[str] | None = None) -> InvalidPipeline:
 
 def check_top_level(document: object) -> Mapping[str, object]:
     """Check the sections around ``stages``; returns the stages mapping."""
+    if document is None:
+        raise _fail("dvc.yaml has no stages (the file is empty or holds only comments)")
     if not isinstance(document, Mapping):
         raise _fail(f"the top level must be a mapping, not {describe(document)}")
     unknown = [key for key in document if key not in TOP_LEVEL_KEYS]
@@ -191,20 +196,19 @@ def _options_ok(value: object, options: Mapping[str, tuple[_Check, str]]) -> boo
     )
 
 
-def check_stage_definition(name: str, definition: object) -> None:
-    """Check one entry of ``stages`` in any of its three forms."""
+def check_stage_definition(name: str, definition: object) -> list[str]:
+    """Check one entry of ``stages`` in any of its three forms; returns warnings."""
     if not isinstance(definition, Mapping):
         raise _fail(f"stage '{name}' must be a mapping, not {describe(definition)}", [name])
     if "foreach" in definition or "do" in definition:
-        _check_foreach(name, definition)
-        return
+        return _check_foreach(name, definition)
     fields = dict(definition)
     if "matrix" in fields:
         _check_matrix(name, fields.pop("matrix"))
-    _check_fields(name, fields)
+    return _check_fields(name, fields)
 
 
-def _check_foreach(name: str, definition: Mapping[object, object]) -> None:
+def _check_foreach(name: str, definition: Mapping[object, object]) -> list[str]:
     extra = [key for key in definition if key not in ("foreach", "do")]
     if extra:
         raise _fail(
@@ -227,7 +231,7 @@ def _check_foreach(name: str, definition: Mapping[object, object]) -> None:
         raise _fail(f"stage '{name}': 'do' must be a mapping, not {describe(template)}", [name])
     if "matrix" in template or "foreach" in template:
         raise _fail(f"stage '{name}': foreach cannot be nested or combined with matrix", [name])
-    _check_fields(name, template)
+    return _check_fields(name, template)
 
 
 def _check_matrix(name: str, matrix: object) -> None:
@@ -241,7 +245,7 @@ def _check_matrix(name: str, matrix: object) -> None:
             )
 
 
-def _check_fields(name: str, fields: Mapping[object, object]) -> None:
+def _check_fields(name: str, fields: Mapping[object, object]) -> list[str]:
     for key, value in fields.items():
         if not isinstance(key, str) or key not in _STAGE_FIELDS:
             raise _fail(
@@ -255,15 +259,18 @@ def _check_fields(name: str, fields: Mapping[object, object]) -> None:
             )
     if "cmd" not in fields:
         raise _fail(f"stage '{name}' has no 'cmd'", [name])
+    warnings: list[str] = []
     for section in OUTPUT_SECTIONS:
         if section in fields:
-            _check_outputs(name, section, fields[section])
+            warnings += _check_outputs(name, section, fields[section])
+    return warnings
 
 
-def _check_outputs(name: str, section: str, entries: object) -> None:
+def _check_outputs(name: str, section: str, entries: object) -> list[str]:
     if not isinstance(entries, list):
         raise _fail(f"stage '{name}': '{section}' must be a list, not {describe(entries)}", [name])
     options = _PLOT_OPTIONS if section == "plots" else _OUTPUT_OPTIONS
+    warnings: list[str] = []
     for entry in entries:
         if isinstance(entry, str):
             continue
@@ -275,6 +282,12 @@ def _check_outputs(name: str, section: str, entries: object) -> None:
             )
         for path, flags in entry.items():
             _check_output_flags(name, section, path, flags, options)
+            if isinstance(flags, Mapping) and flags.get("checkpoint") is True:
+                warnings.append(
+                    f"stage '{name}': {section} entry {path!r}: 'checkpoint: true' is ignored "
+                    "(DVC 3 removed checkpoint outputs; the output is tracked as usual)"
+                )
+    return warnings
 
 
 def _check_output_flags(
@@ -286,8 +299,6 @@ def _check_output_flags(
     if not isinstance(flags, Mapping):
         raise _fail(f"{where}: options must be a mapping, not {describe(flags)}", [name])
     for key, value in flags.items():
-        if key == "checkpoint":
-            raise _fail(f"{where}: 'checkpoint' outputs were removed in DVC 3", [name])
         if not isinstance(key, str) or key not in options:
             raise _fail(f"{where}: unknown option {key!r} (allowed: {', '.join(options)})", [name])
         check, expected = options[key]

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 
 from controller.domain.errors import InvalidPipeline
 from controller.domain.pipeline.interpolation import (
-    Budget,
     InterpolationError,
     check_syntax,
     has_interpolation,
     resolve,
 )
+from controller.domain.pipeline.limits import Budget, LimitExceeded
 from controller.domain.pipeline.locations import PathProblem, join_in_repo
 from controller.domain.pipeline.schema import describe
 
@@ -51,7 +51,7 @@ def top_level_metrics(
         try:
             check_syntax(document[section])
             resolved[section] = resolve(document[section], variables, key=None, budget=budget)
-        except InterpolationError as exc:
+        except (InterpolationError, LimitExceeded) as exc:
             raise _fail(f"top-level '{section}': {exc}") from None
     for section in ("params", "metrics"):
         _repo_paths(section, resolved.get(section))

@@ -9,39 +9,89 @@ file is never imported both wholly and partly (see ``dvc/parsing/context.py``).
 
 DVC keeps only string keys in its context; other keys are skipped when
 merging and can never be selected by ``${...}``, so the data is not copied.
-Scopes share unchanged data and copy a mapping only when a merge changes it,
-which keeps a stage's own ``vars`` cheap even in a large ``foreach``.
+Scopes never copy: a stage's scope (and a foreach item's) is a
+:class:`Layer` over the pipeline's, and a merge into a
+mapping that the scope does not own (one shared with other scopes, or read
+from a file) adds a layer over that mapping instead of copying it. A scope
+therefore costs what its own ``vars`` hold, never what params.yaml holds --
+so a 10,000-stage ``foreach`` over a large params.yaml stays linear. Keys a
+stage's ``vars`` merge are charged to the parse's budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from controller.domain.pipeline.limits import Budget
 from controller.domain.pipeline.locations import PathProblem, join_in_repo
 from controller.domain.pipeline.sources import DEFAULT_PARAMS_FILE, SourceError, Sources
 
-__all__ = ["ContextError", "Variables", "check_values"]
+__all__ = ["ContextError", "Layer", "Variables", "check_values"]
 
 _SCALARS = (str, int, float, bool, bytes)
+_V = TypeVar("_V")
 
 
 class ContextError(Exception):
     """Variables cannot be loaded or merged; the message says why."""
 
 
+class Layer(MutableMapping[str, _V]):
+    """``base`` seen through a layer of new keys; writes go to the layer, never to ``base``.
+
+    Like a two-map :class:`collections.ChainMap`, with cheaper lookups (no
+    exception per miss in the top map): ``${...}`` selection goes through one
+    of these for every reference in every generated stage. Iteration shows
+    ``base``'s keys first, then the new ones, as a copy extended by the merge would.
+    """
+
+    __slots__ = ("base", "top")
+
+    def __init__(self, base: Mapping[str, _V], top: dict[str, _V] | None = None) -> None:
+        self.base = base
+        self.top: dict[str, _V] = {} if top is None else top
+
+    def __getitem__(self, key: str) -> _V:
+        top = self.top
+        return top[key] if key in top else self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.top or key in self.base
+
+    def __setitem__(self, key: str, value: _V) -> None:
+        self.top[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("variables are never removed")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        for key in self.top:
+            if key not in self.base:
+                yield key
+
+    def __len__(self) -> int:
+        return len(self.base) + sum(1 for key in self.top if key not in self.base)
+
+
 @dataclass
 class Variables:
     """Variable values plus the bookkeeping DVC's merge rules need."""
 
-    data: dict[str, object] = field(default_factory=dict)
+    data: MutableMapping[str, object] = field(default_factory=dict)
     # Which files were imported, and which keys of them (None: the whole file).
     imports: dict[str, list[str] | None] = field(default_factory=dict)
     # Dotted name -> the source that defined it, for "already defined" errors.
-    origins: dict[str, str] = field(default_factory=dict)
+    origins: MutableMapping[str, str] = field(default_factory=dict)
     reserved: frozenset[str] = frozenset()
     # Containers already checked by check_values, shared by every scope.
     checked: dict[int, object] = field(default_factory=dict)
+    # Nested mappings this scope made and may change in place (by id, holding
+    # the object so the id is not reused); any other one is shared.
+    owned: dict[int, object] = field(default_factory=dict)
+    budget: Budget | None = None
 
     @classmethod
     def for_pipeline(cls, vars_: Sequence[object], sources: Sources) -> Variables:
@@ -53,7 +103,7 @@ class Variables:
     def iteration(self, values: Mapping[str, object]) -> Variables:
         """A scope with ``item``/``key`` set (shadowing any global ones) and reserved."""
         return Variables(
-            {**self.data, **values},
+            Layer(self.data, dict(values)),
             self.imports,
             self.origins,
             frozenset(values),
@@ -61,16 +111,17 @@ class Variables:
         )
 
     def with_stage_vars(
-        self, vars_: Sequence[object], *, wdir: str, sources: Sources, stage: str
+        self, vars_: Sequence[object], *, wdir: str, sources: Sources, stage: str, budget: Budget
     ) -> Variables:
         if not vars_:
             return self
         scope = Variables(
-            dict(self.data),
+            Layer(self.data),
             {path: None if keys is None else list(keys) for path, keys in self.imports.items()},
-            dict(self.origins),
+            Layer(self.origins),
             self.reserved,
             self.checked,
+            budget=budget,
         )
         scope.load_all(vars_, wdir=wdir, sources=sources, label=f"{stage}.vars")
         return scope
@@ -111,18 +162,17 @@ class Variables:
         self._merge_into(self.data, new, source, prefix="")
 
     def _merge_into(
-        self, into: dict[str, object], new: Mapping[str, object], source: str, prefix: str
+        self, into: MutableMapping[str, object], new: Mapping[str, object], source: str, prefix: str
     ) -> None:
+        if self.budget is not None:
+            self.budget.spend(nodes=len(new))
         for key, value in new.items():
             if not isinstance(key, str):
                 continue  # DVC's context ignores non-string keys
             dotted = f"{prefix}{key}"
             existing = into.get(key)
             if isinstance(existing, Mapping) and isinstance(value, Mapping):
-                # Copy on write: `existing` may be shared with other scopes.
-                merged = dict(existing)
-                self._merge_into(merged, value, source, f"{dotted}.")
-                into[key] = merged
+                self._merge_into(self._own(into, key, existing), value, source, f"{dotted}.")
             elif key in into:
                 raise ContextError(
                     f"cannot redefine '{dotted}' from '{source}': "
@@ -132,6 +182,18 @@ class Variables:
                 check_values(value, dotted, self.checked)
                 into[key] = value
                 self.origins[dotted] = source
+
+    def _own(
+        self, into: MutableMapping[str, object], key: str, existing: Mapping[str, object]
+    ) -> MutableMapping[str, object]:
+        """``existing`` if this scope may change it, else a layer over it put in its place."""
+        if id(existing) in self.owned:
+            assert isinstance(existing, MutableMapping)
+            return existing
+        layer = Layer(existing)
+        self.owned[id(layer)] = layer
+        into[key] = layer
+        return layer
 
     def _origin(self, dotted: str) -> str:
         parts = dotted.split(".")

@@ -1,0 +1,82 @@
+"""A published run's result: metrics files that cannot be read are warnings, never errors.
+
+Whatever a run's metrics file holds (it is the run's own code that wrote it), building
+the result does not raise: the file's entry says what is wrong and a warning names it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from controller.domain.models import Experiment, Run, RunState
+from controller.planning.runs import run_result
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+EXPERIMENT = Experiment(
+    experiment_id="exp-0123456789",
+    owner="local",
+    git_url="https://git.example.com/ml/wine.git",
+    branch="main",
+    commit="a" * 40,
+    dvc_remote="storage",
+    dvc_url="s3://b/wine",
+    stages=["measure"],
+    metrics_files=["metrics.json"],
+    params={},
+    created_at=NOW,
+)
+
+
+def run() -> Run:
+    return Run(
+        run_id="run-0123456789",
+        experiment_id=EXPERIMENT.experiment_id,
+        owner="local",
+        resource="local",
+        namespace=None,
+        params={},
+        state=RunState.RUNNING,
+        created_at=NOW,
+    )
+
+
+UNREADABLE = {
+    "bad-date.yaml": "d: 2020-99-99\n",
+    "bad-time.yaml": "t: 2020-01-01 25:61:61\n",
+    "bad-tag.yaml": "x: !!float abc\n",
+    "unclosed.json": '{"acc": 0.9',
+    "deep.yaml": "[" * 500 + "]" * 500,
+    "two-docs.yaml": "a: 1\n---\nb: 2\n",
+}
+
+
+@pytest.mark.parametrize(("path", "text"), sorted(UNREADABLE.items()))
+def test_an_unreadable_metrics_file_is_a_warning(path: str, text: str) -> None:
+    warnings: list[str] = []
+    files = {path: text, "metrics.json": '{"acc": 0.9}', "eval/scores.yaml": "when: 2020-01-02\n"}
+    result = run_result(
+        run=run(), experiment=EXPERIMENT, commit="b" * 40, metrics_files=files, warnings=warnings
+    )
+    entry = result.metrics[path]
+    assert isinstance(entry, dict)
+    assert set(entry) == {"error"}
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"metrics file {path} could not be read: ")
+    # The readable ones are unaffected (a valid date becomes its ISO text).
+    assert result.metrics["metrics.json"] == {"acc": 0.9}
+    assert result.metrics["eval/scores.yaml"] == {"when": "2020-01-02"}
+
+
+def test_readable_metrics_give_no_warning() -> None:
+    warnings: list[str] = []
+    result = run_result(
+        run=run(),
+        experiment=EXPERIMENT,
+        commit="b" * 40,
+        metrics_files={"metrics.json": '{"acc": 0.9, "loss": [0.5, 0.25]}'},
+        warnings=warnings,
+    )
+    assert result.metrics == {"metrics.json": {"acc": 0.9, "loss": [0.5, 0.25]}}
+    assert warnings == []
