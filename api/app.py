@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, idempotency
+from api import errors, idempotency, openapi
 from api.browser import BrowserPolicy
 from api.deadlines import BodyDeadline
 from api.middleware import BodyLimit, BrowserSafety, RequestId
@@ -55,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)
     for module in (experiments, runs, resources, health):
         app.include_router(module.router)
+    openapi.install(app)
     return app
