@@ -62,6 +62,7 @@ STATUS_FILE = "status.json"
 LOG_FILE = "runner.log"
 PID_FILE = "runner.pid"
 MAX_METRICS_BYTES = 1024 * 1024
+NOT_STARTED = 75  # exit code: no start signal came, nothing was done (EX_TEMPFAIL)
 READ_CHUNK = 64 * 1024
 MAX_CAPTURE = 64 * 1024  # output a step reads back (a commit id, a ref line)
 STOP_GRACE_SECONDS = 5.0
@@ -534,9 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.spec.read_text())
     if args.env_stdin:
-        # Credentials arrive on stdin in exec mode (one JSON line): never on a command line
-        # or in a file.
-        os.environ.update({str(k): str(v) for k, v in json.loads(sys.stdin.readline()).items()})
+        # Credentials arrive on stdin (one JSON line): never on a command line or in a file.
+        # The service writes them only once it has recorded this runner; end of input
+        # instead means it stopped before that, and it will start the run again itself.
+        line = sys.stdin.readline()
+        if not line.strip():
+            log("no start signal on stdin (the service stopped first); exiting untouched")
+            return NOT_STARTED
+        os.environ.update({str(k): str(v) for k, v in json.loads(line).items()})
     make_undumpable()
     if args.detach:
         detach(args.workdir)

@@ -75,6 +75,11 @@ class RunResult(Record):
         description="Metrics per file, as `dvc metrics show` groups them."
     )
     clone_command: str = Field(description="Shell command that retrieves the run's results.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What went wrong without failing the run (e.g. a metrics file that "
+        'could not be read: its entry in `metrics` is `{"error": ...}`).',
+    )
 
 
 class Run(Record):

@@ -6,7 +6,7 @@ and owns the run's state. An executor never touches the state store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -41,6 +41,9 @@ class Launch:
     # cache, and its repo and DVC remote when they are local paths). Nothing else of the
     # machine is writable from a sandboxed run.
     writable: tuple[Path, ...] = ()
+    # Called with the handle once the runner exists and before it may start working, so
+    # the service has recorded it first: a runner it does not know about never does work.
+    record: Callable[[Handle], None] | None = None
 
 
 class Executor(Protocol):

@@ -98,24 +98,29 @@ class LocalExecutor:
             self.cleanup({"workdir": str(workdir)})
             raise
         assert child.stdin is not None
+        handle: Handle = {
+            "kind": "local",
+            "pid": child.pid,
+            "ticks": processes.start_ticks(child.pid),
+            "workdir": str(workdir),
+        }
         try:
-            # One line of JSON on stdin: credentials are in no file, argv or environ block.
+            if request.record is not None:
+                request.record(handle)  # recorded before the runner may do anything
+            # One line of JSON on stdin: credentials are in no file, argv or environ block,
+            # and the runner waits for it before its first step.
             with child.stdin:
                 child.stdin.write(json.dumps(dict(request.env)).encode() + b"\n")
-        except OSError:
-            # It died at once (nothing read its stdin): nothing of it may outlive the launch.
+        except BaseException:
+            # It died at once (nothing read its stdin), or it could not be recorded: nothing
+            # of it may outlive the launch.
             processes.kill_group(child.pid, signal.SIGKILL)
             child.wait()
             self.cleanup({"workdir": str(workdir)})
             raise
         with self._lock:
             self._children[child.pid] = child
-        return {
-            "kind": "local",
-            "pid": child.pid,
-            "ticks": processes.start_ticks(child.pid),
-            "workdir": str(workdir),
-        }
+        return handle
 
     def _environment(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}

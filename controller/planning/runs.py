@@ -87,7 +87,9 @@ def run_result(
     warnings: list[str] | None = None,
 ) -> RunResult:
     """The published run's result. A metrics file that cannot be read is no failure: its
-    entry in ``metrics`` is ``{"error": …}``, and a sentence saying so goes to ``warnings``."""
+    entry in ``metrics`` is ``{"error": …}``, and a sentence saying so goes to the
+    result's ``warnings`` (and to ``warnings``, when given, for the run's log)."""
+    found: list[str] = []
     branch = run_branch(run.run_id)
     metrics: dict[str, JsonValue] = {}
     for path, text in metrics_files.items():
@@ -99,14 +101,16 @@ def run_result(
         except Exception as exc:  # the run's own file: whatever it holds, it fails no run
             error = f"{path}: not readable as YAML or JSON ({type(exc).__name__}: {exc})"[:500]
         metrics[path] = {"error": error}
-        if warnings is not None:
-            warnings.append(f"metrics file {path} could not be read: {error}")
+        found.append(f"metrics file {path} could not be read: {error}")
+    if warnings is not None:
+        warnings.extend(found)
     return RunResult(
         git_url=experiment.git_url,
         branch=branch,
         commit=commit,
         metrics=metrics,
         clone_command=clone_command(experiment.git_url, branch, run.run_id),
+        warnings=found,
     )
 
 

@@ -146,12 +146,16 @@ class RunService:
             # finds the Job by its name and adopts it.
             self._spawn(self._launch, run.run_id, False)
             return
+        if handle is None and run.resource == "local":
+            # A local runner waits for its start signal until its handle is recorded: with
+            # none recorded, nothing ran (a runner started meanwhile got end of input and
+            # exited untouched). The run goes back to the queue.
+            self.note(run.run_id, "service restarted before the runner started; starting it")
+            self._queue.put(run.run_id)
+            return
         if handle is None:
             reason = "the service stopped before the runner started"
             self._finish(run.run_id, Outcome("failed", reason=reason))
-            if run.resource == "local":  # its work dir may have been made: the local layout
-                workdir = self.settings.work_dir / run.run_id
-                self._cleanup(executor, {"kind": "local", "workdir": str(workdir)})
             return
         if executor.is_active(handle):
             if self._placement is not None:
@@ -406,7 +410,10 @@ class RunService:
                 repo = self.experiments.credentials(experiment.experiment_id)
                 env = credential_env(repo, git_ca_bundle=str(ca) if ca else None)
                 writable = _local_paths(experiment.git_url, experiment.dvc_url, cache)
-                launch = Launch(run, spec, env, repo, self.log_path(run_id), writable)
+                launch = Launch(
+                    run, spec, env, repo, self.log_path(run_id), writable,
+                    record=lambda handle: self.store.set_handle(run_id, handle),
+                )  # fmt: skip
                 if placement is not None and pod is not None:
                     handle = placement.launch(launch, pod)
                 else:

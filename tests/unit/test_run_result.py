@@ -64,6 +64,7 @@ def test_an_unreadable_metrics_file_is_a_warning(path: str, text: str) -> None:
     assert set(entry) == {"error"}
     assert len(warnings) == 1
     assert warnings[0].startswith(f"metrics file {path} could not be read: ")
+    assert result.warnings == warnings  # the API shows them with the result
     # The readable ones are unaffected (a valid date becomes its ISO text).
     assert result.metrics["metrics.json"] == {"acc": 0.9}
     assert result.metrics["eval/scores.yaml"] == {"when": "2020-01-02"}

@@ -38,7 +38,7 @@ from controller.domain.pipeline.graph import (
     stage_graph,
     unprovided_dependencies,
 )
-from controller.domain.pipeline.limits import Budget, LimitExceeded, Limits, over
+from controller.domain.pipeline.limits import MAX_WARNINGS, Budget, LimitExceeded, Limits, over
 from controller.domain.pipeline.model import Output, OutputKind, Pipeline, Stage
 from controller.domain.pipeline.params import resolve_params
 from controller.domain.pipeline.schema import check_stage_definition, check_top_level
@@ -121,9 +121,15 @@ def _parse(
         stages=MappingProxyType({stage.name: stage for stage in stages}),
         order=order,
         metrics_files=_metrics_files(stages, top_metrics),
-        warnings=tuple(warnings),
+        warnings=_capped(warnings),
         external_deps=tuple(external),
     )
+
+
+def _capped(warnings: list[str]) -> tuple[str, ...]:
+    if len(warnings) <= MAX_WARNINGS:
+        return tuple(warnings)
+    return (*warnings[:MAX_WARNINGS], f"... and {len(warnings) - MAX_WARNINGS} more warnings")
 
 
 def _check_external_hosts(external: list[ExternalDependency], limits: Limits) -> None:

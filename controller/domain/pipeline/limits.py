@@ -27,6 +27,7 @@ __all__ = [
     "MAX_NODES",
     "MAX_STAGES",
     "MAX_WALL_SECONDS",
+    "MAX_WARNINGS",
     "Budget",
     "LimitExceeded",
     "Limits",
@@ -51,6 +52,9 @@ MAX_CHARS = 64 * 1024 * 1024
 MAX_EXTERNAL_HOSTS = 20
 # Everything above keeps a parse to a few seconds; this only catches what they miss.
 MAX_WALL_SECONDS = 20.0
+# Warnings returned with a pipeline (not a refusal: the rest are only counted),
+# so that 20,000 missing dependencies do not make a 2 MB answer.
+MAX_WARNINGS = 100
 
 # How often (in charges) the clock is read.
 _CLOCK_EVERY = 256
