@@ -112,10 +112,17 @@ class ServiceProcess:
             self.child.wait(timeout=30)
 
 
-def _post_run(http: httpx.Client, experiment_id: str, x: int, nap: float) -> str | None:
+def _post_run(
+    http: httpx.Client,
+    experiment_id: str,
+    x: int,
+    nap: float,
+    extra: Mapping[str, object] | None = None,
+) -> str | None:
     """Submit a run; retried with the same Idempotency-Key until the service answers."""
     key = uuid.uuid4().hex
     body = {"experiment_id": experiment_id, "resource": "local", "params": {"x": x, "nap": nap}}
+    body.update(extra or {})
     for _ in range(3):
         try:
             answer = http.post("/experiment/run", json=body, headers={"Idempotency-Key": key})
@@ -136,7 +143,12 @@ def run_chaos(
     env: Mapping[str, str] | None = None,
     settle_timeout: float = 600,
     log: Callable[[str], None] = lambda _: None,
+    run_body: Mapping[str, object] | None = None,
+    repo_json: Mapping[str, object] | None = None,
+    bare: Path | None = None,
 ) -> ChaosReport:
+    """``run_body`` adds to each run request (``resource``, ``namespace``); ``repo_json``
+    and ``bare`` (its repository on this machine, for the push count) use a remote repo."""
     rng = random.Random(seed)
     report = ChaosReport()
     data_dir = workdir / "data"
@@ -147,12 +159,12 @@ def run_chaos(
     pending: list[tuple[int, float]] = []
     try:
         with httpx.Client(base_url=service.url, timeout=30) as http:
-            created = http.post(
-                "/experiment/create", files=small_parts(CHAOS_DVC, "x: 0\nnap: 0\n")
-            )
+            parts = small_parts(CHAOS_DVC, "x: 0\nnap: 0\n", repo_json=dict(repo_json or {}))
+            created = http.post("/experiment/create", files=parts)
             assert created.status_code == 201, created.text
             experiment = created.json()
-            bare = Path(str(experiment["git_url"]))
+            local = bare is None
+            bare = bare or Path(str(experiment["git_url"]))
             _git(bare, "config", "core.logAllRefUpdates", "always")
             for round_no in range(kills):
                 pending += [
@@ -160,7 +172,7 @@ def run_chaos(
                 ]
                 still = []
                 for x, nap in pending:
-                    run_id = _post_run(http, str(experiment["experiment_id"]), x, nap)
+                    run_id = _post_run(http, str(experiment["experiment_id"]), x, nap, run_body)
                     if run_id is None:
                         still.append((x, nap))
                     else:
@@ -172,11 +184,11 @@ def run_chaos(
                 report.restart_seconds.append(service.start())
                 log(f"kill {report.kills}/{kills}: {len(report.runs)} runs submitted")
             for x, nap in pending:
-                run_id = _post_run(http, str(experiment["experiment_id"]), x, nap)
+                run_id = _post_run(http, str(experiment["experiment_id"]), x, nap, run_body)
                 assert run_id is not None
                 report.runs.append(run_id)
             final = _settle(http, report.runs, settle_timeout)
-        _check(report, final, bare, data_dir)
+        _check(report, final, bare, data_dir, count_repros=local)
     finally:
         service.stop()
         report.seconds = time.monotonic() - began
@@ -197,7 +209,12 @@ def _settle(http: httpx.Client, run_ids: list[str], timeout: float) -> dict[str,
 
 
 def _check(
-    report: ChaosReport, final: dict[str, dict[str, object]], bare: Path, data_dir: Path
+    report: ChaosReport,
+    final: dict[str, dict[str, object]],
+    bare: Path,
+    data_dir: Path,
+    *,
+    count_repros: bool,
 ) -> None:
     heads = _git(bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/runs").split()
     published = {h.removeprefix("runs/") for h in heads}
@@ -217,6 +234,8 @@ def _check(
             ).split()
             if len(pushes) != 1:
                 report.problems.append(f"{run_id}: branch updated {len(pushes)} times")
+        if not count_repros:  # a Job's log is followed from its pod: counted by its Jobs
+            continue
         log_text = (data_dir / "logs" / f"{run_id}.log").read_text(errors="replace")
         repros = log_text.count(": dvc repro\n")
         if repros > 1:

@@ -122,6 +122,15 @@ def test_a_megabyte_of_nested_dollars_parses_within_a_generous_bound() -> None:
     assert seconds < WALL_BOUND_SECONDS
 
 
+def test_one_huge_expression_is_quoted_in_part() -> None:
+    text = f'stages:\n  a:\n    cmd: "echo {"${" * 400_000}}}"\n'
+    seconds, result = timed(text)
+    assert isinstance(result, InvalidPipeline)
+    assert "undefined name '${${" in result.detail
+    assert len(result.detail) < 400
+    assert seconds < WALL_BOUND_SECONDS
+
+
 def test_nested_dollars_broken_by_newlines_parse_within_a_generous_bound() -> None:
     block = "${" * 60
     text = 'stages:\n  a:\n    cmd: "echo ' + "\\n".join([block] * 8_000) + ' }"\n'
@@ -129,6 +138,7 @@ def test_nested_dollars_broken_by_newlines_parse_within_a_generous_bound() -> No
     # The one `}` closes the `${` on its own line: an expression DVC cannot select.
     assert isinstance(result, InvalidPipeline)
     assert "undefined name '${${" in result.detail
+    assert len(result.detail) < 400  # quoted in part, not in full
     assert seconds < WALL_BOUND_SECONDS
 
 
@@ -302,6 +312,7 @@ def test_a_deep_path_is_refused_before_anything_costs_its_depth() -> None:
     error = refusal(f"stages:\n  w:\n    cmd: w\n    outs: [{deep}]\n")
     assert error.stages == ["w"]
     assert "longer than 4096 characters" in error.detail
+    assert len(error.detail) < 200  # and not echoed back in full
     assert time.perf_counter() - started < WALL_BOUND_SECONDS
 
 

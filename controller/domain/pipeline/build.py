@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controller.domain.errors import InvalidPipeline
-from controller.domain.paths import reserved_component
+from controller.domain.paths import MAX_PATH_CHARS, reserved_component
 from controller.domain.pipeline.expand import ResolvedStage
 from controller.domain.pipeline.external import (
     ExternalDependency,
@@ -103,6 +103,8 @@ def _repo_path(resolved: ResolvedStage, field: str, path: str) -> str:
     try:
         normalized = join_in_repo(resolved.wdir, path)
     except PathProblem as exc:
+        if len(path) > MAX_PATH_CHARS:  # the message says so; no need to echo it all
+            path = path[:60] + "..."
         raise _fail(resolved.name, f"'{field}' entry {path!r}: {exc}") from None
     if normalized == ".":
         raise _fail(resolved.name, f"'{field}' entry {path!r} is the whole repository")

@@ -59,6 +59,8 @@ MAX_STRING_CHARS = 128 * 1024
 # Scans and expressions up to these sizes are memoised (at most a few MiB in all).
 _CACHED_TEXT_CHARS = 1024
 _CACHED_EXPRESSION_CHARS = 256
+# Characters of an expression quoted in an error message.
+_SHOWN_CHARS = 100
 
 
 class InterpolationError(Exception):
@@ -69,8 +71,14 @@ class UndefinedName(InterpolationError):
     """The selected name is not among the variables."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"undefined name '{name}' in '${{{name}}}'")
+        shown = _shown(name)
+        super().__init__(f"undefined name '{shown}' in '${{{shown}}}'")
         self.name = name
+
+
+def _shown(text: str) -> str:
+    # An expression can be a megabyte of `${${${`; messages quote the start of it.
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
 class Reference(NamedTuple):
@@ -196,7 +204,9 @@ def _resolve_key(
 ) -> object:
     resolved = resolve(name, variables, key=key, budget=budget)
     if isinstance(resolved, (list, Mapping)):
-        raise InterpolationError(f"mapping key {name!r} resolved to a {type(resolved).__name__}")
+        raise InterpolationError(
+            f"mapping key {_shown(str(name))!r} resolved to a {type(resolved).__name__}"
+        )
     return resolved
 
 
@@ -220,7 +230,7 @@ def _parse(inner: str) -> tuple[str, ...]:
 
 def _parse_uncached(inner: str) -> tuple[str, ...]:
     if not _EXPRESSION.match(inner):
-        raise InterpolationError(f"invalid expression '${{{inner}}}'")
+        raise InterpolationError(f"invalid expression '${{{_shown(inner)}}}'")
     normalized = inner.replace("[", ".").replace("]", "")
     return tuple(part.strip() for part in normalized.split("."))
 
@@ -306,7 +316,8 @@ def _check_interpolable(value: object, inner: str, key: str | None) -> None:
     if isinstance(value, Mapping) and key == "cmd":
         return
     raise InterpolationError(
-        f"cannot interpolate '${{{inner.strip()}}}' of type {type(value).__name__} into '{key}'"
+        f"cannot interpolate '${{{_shown(inner.strip())}}}' of type {type(value).__name__} "
+        f"into '{key}'"
     )
 
 
