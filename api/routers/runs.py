@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -94,6 +95,8 @@ async def submit_run(
             body.params,  # type: ignore[arg-type]
             body.deadline_seconds,
         )
+    if once.key is not None:
+        run_request = dataclasses.replace(run_request, idempotency_key=once.key)
     return await run_in_threadpool(once.call, runs.submit, caller, run_request)
 
 

@@ -61,6 +61,10 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_a
 """
 
 
+IdempotentAnswer = tuple[str, str, int, bytes]
+"""(owner, Idempotency-Key, HTTP status, response body) of a request's answer."""
+
+
 class IdempotencyRecord(NamedTuple):
     """A claimed key: the request's fingerprint, and its answer once it has one."""
 
@@ -126,12 +130,21 @@ class Store:
 
     # -- runs --------------------------------------------------------------
 
-    def add_run(self, run: Run) -> None:
+    def add_run(self, run: Run, *, answer: IdempotentAnswer | None = None) -> None:
+        """Record ``run``; with ``answer`` (owner, Idempotency-Key, status, body), record the
+        key's answer in the same transaction."""
         with self._tx() as db:
-            self._insert_run(db, run)
+            self._insert_run(db, run, answer)
 
     @staticmethod
-    def _insert_run(db: sqlite3.Connection, run: Run) -> None:
+    def _insert_run(db: sqlite3.Connection, run: Run, answer: IdempotentAnswer | None) -> None:
+        if answer is not None:
+            owner, key, status, body = answer
+            db.execute(
+                "UPDATE idempotency_keys SET status = ?, response = ?"
+                " WHERE owner = ? AND key = ? AND status IS NULL",
+                (status, body, owner, key),
+            )
         db.execute(
             "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (
@@ -144,7 +157,9 @@ class Store:
             ),
         )
 
-    def add_run_within(self, run: Run, *, max_active: int) -> int:
+    def add_run_within(
+        self, run: Run, *, max_active: int, answer: IdempotentAnswer | None = None
+    ) -> int:
         """Add ``run`` unless its owner already has ``max_active`` queued or running runs.
 
         Returns how many they had before; the run was added if that is below the limit.
@@ -157,7 +172,7 @@ class Store:
                 (run.owner, *active),
             ).fetchone()
             if count < max_active:
-                self._insert_run(db, run)
+                self._insert_run(db, run, answer)
         return int(count)
 
     def get_run(self, run_id: str) -> Run | None:

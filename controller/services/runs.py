@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.adapters import gitrepo
-from controller.adapters.store import Store
+from controller.adapters.store import IdempotentAnswer, Store
 from controller.domain.bundle import is_local_url
 from controller.domain.errors import (
     Conflict,
@@ -58,6 +58,9 @@ class RunRequest:
     namespace: str | None = None
     params: Mapping[str, JsonValue] | None = None
     deadline_seconds: int | None = None
+    # The request's Idempotency-Key: its answer is recorded in the transaction that records
+    # the run, so a crash in between cannot make a retry queue the run a second time.
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,10 @@ class RunService:
             state=RunState.QUEUED,
             created_at=utcnow(),
         )
-        self._admit(principal, run)
+        answer = None
+        if request.idempotency_key is not None:
+            answer = (principal.name, request.idempotency_key, 202, run.model_dump_json().encode())
+        self._admit(principal, run, answer)
         self.note(
             run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
         )
@@ -212,17 +218,17 @@ class RunService:
         self._enqueue(run)
         return run
 
-    def _admit(self, principal: Principal, run: Run) -> None:
+    def _admit(self, principal: Principal, run: Run, answer: IdempotentAnswer | None) -> None:
         """Record the run, within the principal's ``max_active_runs`` (429 at the limit).
 
         The quota shares the service fairly between tenants; without a tokens file there
         is one tenant (this machine's users), and runs are only bounded by the queue.
         """
         if self.settings.tokens_file is None:
-            self.store.add_run(run)
+            self.store.add_run(run, answer=answer)
             return
         limit = principal.max_active_runs or self.settings.max_active_runs
-        active = self.store.add_run_within(run, max_active=limit)
+        active = self.store.add_run_within(run, max_active=limit, answer=answer)
         if active >= limit:
             log.info("run refused: quota", extra={"principal": principal.name, "limit": limit})
             raise TooManyRequests(
