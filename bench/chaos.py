@@ -27,10 +27,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlexp-chaos-") as tmp:
-        report = run_chaos(
-            Path(tmp), kills=args.kills, runs_per_round=args.runs_per_round, seed=args.seed,
-            settle_timeout=3600, log=lambda line: print(line, flush=True),
-        )  # fmt: skip
+        try:
+            report = run_chaos(
+                Path(tmp), kills=args.kills, runs_per_round=args.runs_per_round,
+                seed=args.seed, settle_timeout=3600, log=lambda line: print(line, flush=True),
+            )  # fmt: skip
+        except AssertionError:
+            service_log = Path(tmp) / "chaos-service.log"
+            if service_log.exists():  # what the service said before it would not start
+                print(service_log.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
     print(f"chaos ({REPO_ROOT.name}): {report.summary()}")
     for problem in report.problems:
         print(f"  problem: {problem}")
