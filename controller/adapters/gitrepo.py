@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.domain.bundle import is_local_url
 from controller.domain.errors import ExternalError, InvalidBundle
 from controller.domain.gitfailures import describe_git_failure
 from controller.runner import git_environment
@@ -189,7 +190,7 @@ def _no_remote_hooks(url: str) -> list[str]:
     """For a repository on this machine, git starts ``receive-pack`` itself, without the
     ``GIT_CONFIG_*`` settings that disable hooks: pass the setting on its command line, so
     hooks that a run could have planted in a local repository never run as the service."""
-    if url.startswith(("/", "file://")):
+    if is_local_url(url):
         return ["--receive-pack=git -c core.hooksPath=/dev/null receive-pack"]
     return []
 
