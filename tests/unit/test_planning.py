@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from controller.domain.bundle import RepoSpec
-from controller.domain.models import Experiment, Run, RunState
+from controller.domain.models import Run
 from controller.planning.runs import (
     clone_command,
     credential_env,
@@ -13,34 +11,13 @@ from controller.planning.runs import (
     run_result,
     runner_spec,
 )
+from tests.support.records import experiment_record, run_record
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-EXPERIMENT = Experiment(
-    experiment_id="exp-0123456789",
-    owner="local",
-    git_url="https://git.example.com/ml/wine.git",
-    branch="main",
-    commit="a" * 40,
-    dvc_remote="storage",
-    dvc_url="s3://b/wine",
-    stages=["prepare", "train"],
-    metrics_files=["metrics.json", "eval/scores.yaml"],
-    params={"train": {"C": 1.0}},
-    created_at=NOW,
-)
+EXPERIMENT = experiment_record()
 
 
 def run(**params: object) -> Run:
-    return Run(
-        run_id="run-0123456789",
-        experiment_id=EXPERIMENT.experiment_id,
-        owner="local",
-        resource="local",
-        namespace=None,
-        params=params,  # type: ignore[arg-type]
-        state=RunState.QUEUED,
-        created_at=NOW,
-    )
+    return run_record(params)  # type: ignore[arg-type]
 
 
 def test_spec_carries_overridden_params_and_no_credentials() -> None:

@@ -3,13 +3,11 @@ run's overrides, never from the values record (which once turned ``.inf`` into `
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from controller.domain.models import Experiment, Run, RunState
+from controller.domain.models import Experiment, Run
 from controller.domain.params import parse_params
 from controller.planning.runs import runner_spec
+from tests.support.records import experiment_record, run_record
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
 DOCUMENT = """\
 # learning setup
 train:
@@ -23,33 +21,13 @@ seed: 42
 
 def experiment(document: str | None) -> Experiment:
     values = parse_params(DOCUMENT.encode(), max_bytes=1 << 20).values
-    return Experiment(
-        experiment_id="exp-0123456789",
-        owner="local",
-        git_url="https://git.example.com/ml/wine.git",
-        branch="main",
-        commit="a" * 40,
-        dvc_remote="storage",
-        dvc_url="s3://b/wine",
-        stages=["train"],
-        metrics_files=[],
-        params=values,
-        params_document=document,
-        created_at=NOW,
+    return experiment_record(
+        stages=["train"], metrics_files=[], params=values, params_document=document
     )
 
 
 def run(**params: object) -> Run:
-    return Run(
-        run_id="run-0123456789",
-        experiment_id="exp-0123456789",
-        owner="local",
-        resource="local",
-        namespace=None,
-        params=params,  # type: ignore[arg-type]
-        state=RunState.QUEUED,
-        created_at=NOW,
-    )
+    return run_record(params)  # type: ignore[arg-type]
 
 
 def test_overrides_are_written_into_the_committed_document() -> None:

@@ -6,40 +6,17 @@ the result does not raise: the file's entry says what is wrong and a warning nam
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from controller.domain.models import Experiment, Run, RunState
+from controller.domain.models import Run, RunState
 from controller.planning.runs import run_result
+from tests.support.records import experiment_record, run_record
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-EXPERIMENT = Experiment(
-    experiment_id="exp-0123456789",
-    owner="local",
-    git_url="https://git.example.com/ml/wine.git",
-    branch="main",
-    commit="a" * 40,
-    dvc_remote="storage",
-    dvc_url="s3://b/wine",
-    stages=["measure"],
-    metrics_files=["metrics.json"],
-    params={},
-    created_at=NOW,
-)
+EXPERIMENT = experiment_record(stages=["measure"], metrics_files=["metrics.json"], params={})
 
 
 def run() -> Run:
-    return Run(
-        run_id="run-0123456789",
-        experiment_id=EXPERIMENT.experiment_id,
-        owner="local",
-        resource="local",
-        namespace=None,
-        params={},
-        state=RunState.RUNNING,
-        created_at=NOW,
-    )
+    return run_record(state=RunState.RUNNING)
 
 
 UNREADABLE = {
