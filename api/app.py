@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import CapacityLimiter
 from fastapi import FastAPI
 
 from api import errors, idempotency, openapi
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.idempotency = IdempotencyService(
             built.store, ttl_seconds=resolved.idempotency.ttl_seconds
         )
+        app.state.submissions = CapacityLimiter(runs.SUBMISSION_THREADS)
         try:
             yield
         finally:

@@ -1,4 +1,14 @@
-"""Dependencies: the services built by the lifespan, and who is calling."""
+"""Dependencies: the services built by the lifespan, and who is calling.
+
+They sit on every request, so they are kept cheap:
+
+* ``async def``: they only read memory (the app's state, token digests, a rate bucket),
+  and FastAPI would run a plain ``def`` dependency in its thread pool, a hand-over to a
+  worker thread and back per dependency and request that costs more than the work;
+* flat: each reads the services from the app's state itself rather than through a
+  ``Depends(services)`` of its own, since FastAPI resolves every node of the graph on
+  every request, cached or not.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +24,24 @@ from controller.services.resources import ResourceService
 from controller.services.runs import RunService
 
 
-def services(request: Request) -> Services:
+def built_services(request: Request) -> Services:
+    """The services the lifespan built (a plain function, for dependencies to call)."""
     built: Services = request.app.state.services
     return built
 
 
-def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> Principal:
+async def services(request: Request) -> Services:
+    return built_services(request)
+
+
+async def principal(request: Request) -> Principal:
     """Who is calling, and whether their request rate allows another request (429).
 
     The token comes from the Authorization header only: never from a cookie (a browser
     would attach it to a forged request) nor from the query string (it would end up in
     logs and browser history).
     """
+    svc = built_services(request)
     if svc.tokens is None:
         # No tokens file: the service is for this machine's users only (and not rate-limited).
         if not is_loopback(request.client.host if request.client else None):
@@ -38,15 +54,16 @@ def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> 
     return caller
 
 
-def experiment_service(svc: Annotated[Services, Depends(services)]) -> ExperimentService:
-    return svc.experiments
+async def experiment_service(request: Request) -> ExperimentService:
+    return built_services(request).experiments
 
 
-def run_service(svc: Annotated[Services, Depends(services)]) -> RunService:
-    return svc.runs
+async def run_service(request: Request) -> RunService:
+    return built_services(request).runs
 
 
-def resource_service(svc: Annotated[Services, Depends(services)]) -> ResourceService:
+async def resource_service(request: Request) -> ResourceService:
+    svc = built_services(request)
     if svc.resources is None:
         raise InvalidInput(
             "Kubernetes is not configured for this service (config/k8s-config.yaml); "

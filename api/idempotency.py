@@ -10,7 +10,13 @@ Without the header nothing changes (the result goes out through the route's resp
 model). With it (rules in :mod:`controller.services.idempotency`): the first request
 records its answer; a retry gets that answer back (``Idempotent-Replayed: true``) and
 the handler does not run; a retry while the first is in progress waits up to
-``idempotency.wait_seconds`` for its answer, then gets 409.
+``idempotency.wait_seconds`` for its answer, then gets 409. A request that claimed a key
+and recorded no answer (it failed, however it failed) frees the key when it ends
+(:class:`ReleaseUnanswered`), so that the key can be used again.
+
+The dependency is a plain ``async def``, not one that yields: FastAPI gives a yielding
+dependency an exit stack on every request, key or no key, which costs more than all the
+rest of the dependency; the release is this module's middleware instead.
 
 A request is identified by its method, path and body. A multipart body counts by its
 parts — each part's name, file name and content, in order — not by its bytes, whose
@@ -24,17 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import Caller, services
+from api.deps import Caller, built_services
 from controller.domain.errors import Conflict
-from controller.services.container import Services
 from controller.services.idempotency import Answer, Claim, IdempotencyService, check_key
 
 REPLAYED = "Idempotent-Replayed"
@@ -79,14 +85,19 @@ class Once:
         self.recorded = True
         return Response(body, status_code=self.status, media_type="application/json")
 
+    def release(self) -> None:
+        """Free the key if no answer was recorded (blocking: the store)."""
+        if self.service is not None and self.key is not None and not self.recorded:
+            self.service.release(self.owner, self.key)
+
 
 NO_KEY = Once()
+CLAIM = "idempotency_claim"  # where a request keeps its claimed key (scope["state"])
 
 
 async def once(
     request: Request,
     caller: Caller,
-    svc: Annotated[Services, Depends(services)],
     raw: Annotated[
         str | None,
         Header(
@@ -95,25 +106,20 @@ async def once(
             "the first answer back and creates nothing more.",
         ),
     ] = None,
-) -> AsyncIterator[Once]:
+) -> Once:
     if raw is None:
-        yield NO_KEY
-        return
+        return NO_KEY
     key = check_key(raw)
     service: IdempotencyService = request.app.state.idempotency
     fingerprint = await request_fingerprint(request)
-    answer = await _claim(
-        service, caller.name, key, fingerprint, svc.settings.idempotency.wait_seconds
-    )
+    wait_seconds = built_services(request).settings.idempotency.wait_seconds
+    answer = await _claim(service, caller.name, key, fingerprint, wait_seconds)
     if answer is not None:
         raise Replay(answer)
     route = request.scope.get("route")
     handle = Once(service, caller.name, key, getattr(route, "status_code", None) or 200)
-    try:
-        yield handle
-    finally:
-        if not handle.recorded:
-            await run_in_threadpool(service.release, caller.name, key)
+    setattr(request.state, CLAIM, handle)  # freed by ReleaseUnanswered if not answered
+    return handle
 
 
 Idempotent = Annotated[Once, Depends(once)]
@@ -189,5 +195,22 @@ async def _replay(request: Request, exc: Exception) -> Response:
     )
 
 
+class ReleaseUnanswered:
+    """ASGI middleware: when a request that claimed a key ends without having recorded an
+    answer (an error, a refusal, a disconnect), the key is freed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            handle = scope.get("state", {}).get(CLAIM)
+            if isinstance(handle, Once) and not handle.recorded:
+                await run_in_threadpool(handle.release)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(Replay, _replay)
+    app.add_middleware(ReleaseUnanswered)

@@ -25,12 +25,30 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 # Both sides may use (and write) compiled bytecode, as they would on a normal machine.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
-__all__ = ["REPO_ROOT", "median", "percentile", "sample_parts", "service"]
+__all__ = [
+    "REPO_ROOT",
+    "ServiceClient",
+    "cpu_seconds",
+    "median",
+    "percentile",
+    "sample_parts",
+    "service",
+]
+
+
+class ServiceClient(httpx.Client):
+    """A client of the service, knowing the service's process id."""
+
+    pid: int
 
 
 @contextmanager
-def service(data_dir: Path, **settings: str) -> Iterator[httpx.Client]:
-    """``mlexp serve`` (uvicorn, one worker) as a child process."""
+def service(data_dir: Path, *, root: Path = REPO_ROOT, **settings: str) -> Iterator[ServiceClient]:
+    """``mlexp serve`` (uvicorn, one worker) as a child process.
+
+    ``root``: the source tree whose service runs (another checkout of the repository, say
+    ``git archive <commit> | tar -x -C <dir>``, to compare with; this venv's packages).
+    """
     port = free_port()
     env = dict(
         os.environ, MLEXP_DATA_DIR=str(data_dir), MLEXP_PORT=str(port), MLEXP_LOG_LEVEL="WARNING"
@@ -39,12 +57,13 @@ def service(data_dir: Path, **settings: str) -> Iterator[httpx.Client]:
     log = (data_dir.parent / "service.log").open("ab")
     child = subprocess.Popen(
         [sys.executable, "-m", "controller.cli", "serve"],
-        cwd=REPO_ROOT,
+        cwd=root,
         env=env,
         stdout=log,
         stderr=log,
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    client = ServiceClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    client.pid = child.pid
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -62,6 +81,12 @@ def service(data_dir: Path, **settings: str) -> Iterator[httpx.Client]:
         child.terminate()
         child.wait(timeout=30)
         log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def median(values: Sequence[float]) -> float:

@@ -18,25 +18,34 @@ container log once Running, as a kubelet would give them, so following their log
    * complete Job runs (``--complete``), whose pods' commands tests/support/jobdriver.py
      runs on this host and reports back through the pods' status;
    * runs exec'd into a StatefulSet pod (``--exec-runs``, one at a time unless
-     ``--exec-together``); these poll with short execs every ``exec.poll_seconds``
-     (``--poll-seconds``), so their count grows with run length: the run time and the
-     calls per second of run are printed too.
+     ``--exec-together``), whose stage prints a line a second for ``--exec-seconds``:
+     the calls per second of run, the exec calls of a launch, and the time from the
+     runner's end (its last log line) to the run's recorded end. Each run's progress
+     comes over one long exec stream; short execs every ``exec.poll_seconds``
+     (``--poll-seconds``) only while that stream is broken.
 2. Time from ``POST /experiment/run`` to the Job existing, seen by a watch on Jobs
    labelled ``mlexp.io/run-id`` (started before the POST): median and p99 over the
    ``--runs`` sequential launches.
-3. The service process while it tracks ``--concurrent`` Job runs (default 500) in one
-   namespace: submission rate, time until every Job existed, then (once every pod is
-   Running) CPU % of one core (``/proc/<pid>/stat`` utime+stime), RSS (``VmRSS``) and
-   thread count over ``--sample-seconds`` of steady tracking (with how the CPU was spread
-   over threads, their context switches, and the Job and pod events meanwhile); then how
-   long cancelling them all took (``--cancel-threads`` clients). Cancelling stops at
-   ``--cancel-budget`` seconds and the remaining Jobs and the namespace are deleted
-   instead; the output says which happened.
-   The two fake nodes hold 250 pods each, so above 500 the extra pods stay Pending.
+3. Growth: Job runs posted in waves up to each of ``--growth`` (default 100 and 500 in
+   flight), and after each wave, once every pod is Running, the service's CPU, RSS and
+   threads over ``--growth-seconds``: how they grow per run in flight. Then all cancelled.
+4. A burst: ``--concurrent`` Job runs (default 1,000) posted at once from
+   ``--submit-threads`` clients: submission rate, POST -> Job exists, time until every
+   Job existed; then (once every pod is Running) CPU % of one core (``/proc/<pid>/stat``
+   utime+stime), RSS (``VmRSS``) and thread count over ``--sample-seconds`` of steady
+   tracking (with how the CPU was spread over threads, their context switches, and the
+   Job and pod events meanwhile). Then the service is killed (SIGKILL) and started again
+   on its data dir: seconds until it answers ``/healthz`` (it re-attaches every run
+   before it answers), the API calls the new process made to get there, and the Jobs
+   counted afterwards (one per run: no duplicate). Last, every run is cancelled from
+   ``--cancel-threads`` clients: how fast ``POST /runs/{id}/cancel`` answered (202) and
+   how long until every run was ``cancelled``. Cancelling stops at ``--cancel-budget``
+   seconds and the remaining Jobs and the namespace are deleted instead; the output says
+   which happened. The fake nodes hold 600 pods each (scripts/k8s/kwok-stages.yaml).
 
 Progress goes to stderr, the figures to stdout. Needs Go (first build of the cluster
 binaries, cached after) and openssl, like the cluster test tier. About 6 to 8 minutes
-with the defaults on a 2-core machine.
+with the defaults on a 2-core machine (``--growth ""`` leaves part 3 out).
 
     .venv/bin/python bench/k8s_runs.py [--runs 20] [--concurrent 500] [--keep DIR]
 """
@@ -48,7 +57,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +68,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -181,9 +192,18 @@ class Service:
             for r in run_ids
         ]
 
-    def states(self) -> Counter[str]:
-        runs = self.http.get("/runs", params={"limit": 1000}).json()
-        return Counter(str(run["state"]) for run in runs)
+    def states(self, namespace_runs: set[str] | None = None) -> Counter[str]:
+        """Run states (of ``namespace_runs`` only, if given), from the run listing."""
+        counts: Counter[str] = Counter()
+        offset = 0
+        while True:
+            page = self.http.get("/runs", params={"limit": 1000, "offset": offset}).json()
+            for run in page:
+                if namespace_runs is None or run["run_id"] in namespace_runs:
+                    counts[str(run["state"])] += 1
+            if len(page) < 1000:
+                return counts
+            offset += 1000
 
 
 @contextlib.contextmanager
@@ -488,6 +508,7 @@ class Bench:
     api: client.ApiClient
     remotes: Remotes
     service_env: dict[str, str]
+    children: list[tuple[subprocess.Popen[bytes], Any]] = field(default_factory=list)
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -590,13 +611,42 @@ def complete_jobs(bench: Bench, service: Service, namespace: str, experiment: st
             figure(f"  ! {run['run_id']} {run['state']}: {run.get('reason')}")
 
 
+EXEC_DVC = """\
+stages:
+  write:
+    cmd: >-
+      python -c "import json, sys, time, yaml; p = yaml.safe_load(open('params.yaml'));
+      [print(f'tick {i}', flush=True) or time.sleep(1) for i in range(p['seconds'])];
+      json.dump({'x': p['x']}, open('m.json', 'w'))"
+    params: [x, seconds]
+    metrics:
+      - m.json: {cache: false}
+"""
+"""The exec runs' stage: a line a second for ``seconds`` seconds, then its metric."""
+
+# The runner's last line: ``[mlexp <UTC time, ms>] succeeded: …`` (or ``failed: …``).
+RUNNER_END = re.compile(r"^\[mlexp (\S+Z)\] (?:succeeded|failed): ", re.MULTILINE)
+
+
+def runner_ended(log: str) -> datetime | None:
+    """When the runner wrote its last line (its end), from the run's log."""
+    ends = RUNNER_END.findall(log)
+    return datetime.fromisoformat(ends[-1]) if ends else None
+
+
 def exec_runs(bench: Bench, service: Service, namespace: str, experiment: str) -> None:
     k = bench.args.exec_runs
     if k <= 0:
         return
     poll = bench.args.poll_seconds
+    seconds = bench.args.exec_seconds
     together = "together" if bench.args.exec_together else "one at a time"
     figure(f"== Runs exec'd into a StatefulSet pod (sts/bench), namespace {namespace} ==")
+    parts = small_parts(EXEC_DVC, f"x: 1\nseconds: {seconds}\n", bench.remotes.repo_json())
+    created = service.http.post("/experiment/create", files=parts)
+    if created.status_code != 201:
+        raise RuntimeError(f"POST /experiment/create: {created.status_code} {created.text}")
+    experiment = str(created.json()["experiment_id"])
     # Runs that go together share the pod (an opt-in); otherwise one run per pod at a time.
     spec = {"kind": "StatefulSet", "name": "bench", "namespace": namespace,
             "experiment_id": experiment, "shared": bench.args.exec_together}  # fmt: skip
@@ -615,25 +665,50 @@ def exec_runs(bench: Bench, service: Service, namespace: str, experiment: str) -
     )
     before = service.settled_calls()
     run_ids: list[str] = []
+    launch_calls: list[int] = []  # exec calls from the POST to the service's "run started" note
     for i in range(k):
+        if bench.args.exec_together:
+            run_ids.append(
+                service.run(service.http, experiment, "sts/bench", namespace, {"x": 100 + i})
+            )
+            continue
+        ahead = service.calls()
         run_ids.append(
             service.run(service.http, experiment, "sts/bench", namespace, {"x": 100 + i})
         )
-        if not bench.args.exec_together:
-            service.wait_terminal(run_ids[-1:], timeout=300)
-    runs = service.wait_terminal(run_ids, timeout=300)
+        wait_for(partial(service.started, run_ids[-1]), 120, what="launched", max_interval=0.05)
+        launch_calls.append(service.calls()["exec"] - ahead["exec"])
+        service.wait_terminal(run_ids[-1:], timeout=300 + seconds)
+    runs = service.wait_terminal(run_ids, timeout=300 + k * seconds)
     after = service.settled_calls()
     states = Counter(str(run["state"]) for run in runs)
     durations = [run_seconds(r) for r in runs]
+    seen: list[float] = []  # the runner's last line -> the run's recorded end
+    for run in runs:
+        ended = runner_ended(service.http.get(f"/runs/{run['run_id']}/logs").text)
+        if ended is not None and run.get("finished_at"):
+            finished = datetime.fromisoformat(str(run["finished_at"]))
+            seen.append((finished - ended).total_seconds())
+    calls = sum(after[kind] - before[kind] for kind in KINDS)
     figure(
-        f"API calls per exec run (n={k}, {together} in one pod, exec.poll_seconds={poll}): "
-        f"{per_run(before, after, k)}"
+        f"API calls per exec run (n={k}, {together} in one pod, a {seconds} s stage, "
+        f"exec.poll_seconds={poll}): {per_run(before, after, k)}"
     )
     figure(
         f"  run time (created -> finished): {spread_s(durations)}; "
-        f"exec calls per second of run: {(after['exec'] - before['exec']) / sum(durations):.2f}; "
-        f"states {dict(states)}"
+        f"API calls per second of run: {calls / sum(durations):.3f} "
+        f"(exec {(after['exec'] - before['exec']) / sum(durations):.3f}); states {dict(states)}"
     )
+    if launch_calls:
+        figure(
+            f"  exec calls from the POST to the run's start (launch, give or take a follow "
+            f"call): median {median(launch_calls):.0f}, max {max(launch_calls)}"
+        )
+    if seen:
+        figure(
+            "  runner's end (its last log line) -> run recorded as ended (this includes "
+            f"reading the published result back from git): {spread(seen)}"
+        )
     for run in runs:
         if run["state"] != "succeeded":
             figure(f"  ! {run['run_id']} {run['state']}: {run.get('reason')}")
@@ -731,11 +806,15 @@ def load(bench: Bench, namespace: str) -> None:
             return run_id, started, time.monotonic()
 
         t0 = time.monotonic()
-        submitted = fan_out(service.url, [str(i) for i in range(c)], args.submit_threads, submit)
+        with profiled(bench, service.pid, "burst"):
+            submitted = fan_out(
+                service.url, [str(i) for i in range(c)], args.submit_threads, submit
+            )
+            run_ids = {run_id for run_id, _, _ in submitted.values()}
+            jobs.wait(lambda: jobs.count(run_ids) >= c, args.load_timeout)
         t_submitted = max(end for _, _, end in submitted.values())
         for run_id, started, _ in submitted.values():
             posted[run_id] = started
-        run_ids = set(posted)
         figure(
             f"submission: {len(run_ids)} runs accepted (202) in {t_submitted - t0:.1f} s = "
             f"{len(run_ids) / (t_submitted - t0):.1f} runs/s ({args.submit_threads} clients); "
@@ -798,43 +877,216 @@ def load(bench: Bench, namespace: str) -> None:
         )
         figure(f"  run states: {dict(states)}")
 
+        service = restart(bench, service, bench.root / "service-load", namespace, run_ids, jobs)
         cancel_all(bench, service, sorted(run_ids), namespace)
 
 
 def cancel_all(bench: Bench, service: Service, run_ids: list[str], namespace: str) -> None:
+    """Cancel every run (answered at once, 202) and time until all are ``cancelled``."""
     args = bench.args
     progress(f"cancelling {len(run_ids)} runs from {args.cancel_threads} client threads")
     started = time.monotonic()
     deadline = started + args.cancel_budget
     done = fan_out(service.url, run_ids, args.cancel_threads, _timed_cancel, deadline=deadline)
-    took = time.monotonic() - started
-    ok = [t for t, status in done.values() if status == 200]
-    bad = Counter(status for _, status in done.values() if status != 200)
+    answered = time.monotonic() - started
+    ok = [t for t, status in done.values() if status in (200, 202)]
+    bad = Counter(status for _, status in done.values() if status not in (200, 202))
     figure(
         f"cancel via POST /runs/{{id}}/cancel ({args.cancel_threads} clients): {len(ok)} of "
-        f"{len(run_ids)} in {took:.1f} s = {len(ok) / took:.1f}/s; per cancel {spread(ok or [0])}"
-        + (f"; non-200: {dict(bad)}" if bad else "")
+        f"{len(run_ids)} answered in {answered:.1f} s = {len(ok) / answered:.1f}/s; "
+        f"per cancel {spread(ok or [0])}" + (f"; other answers: {dict(bad)}" if bad else "")
     )
-    if len(done) < len(run_ids):
-        left = len(run_ids) - len(done)
+    wanted = set(run_ids)
+
+    def all_cancelled() -> bool:
+        states = service.states(namespace_runs=wanted)
+        return states.get("cancelled", 0) + states.get("succeeded", 0) + states.get(
+            "failed", 0
+        ) >= len(wanted)
+
+    with contextlib.suppress(WaitTimeout):
+        wait_for(all_cancelled, max(1.0, deadline - time.monotonic()), what="every cancel",
+                 max_interval=0.5)  # fmt: skip
+    took = time.monotonic() - started
+    states = service.states(namespace_runs=wanted)
+    figure(
+        f"  all {len(run_ids)} runs cancelled {took:.1f} s after the first cancel"
+        if states.get("cancelled", 0) == len(run_ids)
+        else f"  after {took:.1f} s: {dict(states)}"
+    )
+    if states.get("cancelled", 0) < len(run_ids):
         progress(f"cancel budget ({args.cancel_budget:g} s) spent; deleting namespace {namespace}")
         try:
             gone = f"gone after {drop_namespaces(bench.api, [namespace], args.load_timeout):.1f} s"
         except WaitTimeout:
             gone = f"still there after {args.load_timeout:g} s"
         figure(
-            f"  the cancel budget ({args.cancel_budget:g} s) ran out with {left} runs left: "
-            f"their Jobs and namespace {namespace} deleted instead, {gone}"
+            f"  the cancel budget ({args.cancel_budget:g} s) ran out: the Jobs and namespace "
+            f"{namespace} deleted instead, {gone}"
         )
     time.sleep(2)
     rss, threads = rss_and_threads(service.pid)
-    figure(
-        f"  run states afterwards: {dict(service.states())}; service threads {threads}, "
-        f"RSS {rss / 1024:.0f} MiB"
+    figure(f"  service threads afterwards {threads}, RSS {rss / 1024:.0f} MiB")
+
+
+def growth(bench: Bench, namespace: str) -> None:
+    """Runs in flight in waves up to each checkpoint; the service's footprint at each."""
+    args = bench.args
+    points = sorted({int(x) for x in args.growth.split(",") if x.strip()})
+    if not points:
+        return
+    figure(f"== growth: Job runs in flight at {points}, namespace {namespace} ==")
+    make_namespace(bench.core, namespace)
+    logs = None if args.no_pod_logs else container_logs(bench.cluster)
+    with (
+        start_service(bench.root / "service-growth", bench.service_env) as service,
+        RunObjects(bench.batch.list_namespaced_job, namespace) as jobs,
+        RunObjects(bench.core.list_namespaced_pod, namespace, logs) as pods,
+    ):
+        experiment = bench.remotes.experiment(service)
+        rows: list[tuple[int, float, float, int]] = []
+        idle = watch_process(service.pid, bench.cluster, args.growth_seconds)
+        rows.append(_footprint(0, idle))
+        run_ids: list[str] = []
+        for target in points:
+            wave = target - len(run_ids)
+
+            def submit(http: httpx.Client, _: str) -> str:
+                return service.run(http, experiment, "job", namespace)
+
+            progress(f"posting {wave} more Job runs ({target} in flight)")
+            run_ids += fan_out(
+                service.url, [str(i) for i in range(wave)], args.submit_threads, submit
+            ).values()
+            ok = pods.wait(lambda t=target: pods.running() >= t, args.load_timeout)  # type: ignore[misc]
+            if not ok:
+                figure(f"  ! only {pods.running()} of {target} pods Running")
+            jobs.wait(lambda t=target: len(jobs.live) >= t, 30)  # type: ignore[misc]
+            time.sleep(2)
+            rows.append(_footprint(target, watch_process(service.pid, bench.cluster,
+                                                         args.growth_seconds)))  # fmt: skip
+        figure(f"  runs in flight | service CPU % of one core | RSS MiB | threads "
+               f"({args.growth_seconds:g} s windows)")  # fmt: skip
+        for runs, cpu, rss, threads in rows:
+            figure(f"  {runs:>14} | {cpu:>25.1f} | {rss:>7.0f} | {threads:>7}")
+        (n0, _, rss0, threads0), (n1, _, rss1, threads1) = rows[1], rows[-1]
+        if n1 > n0:
+            figure(
+                f"  growth per run from {n0} to {n1}: RSS {(rss1 - rss0) * 1024 / (n1 - n0):.0f} "
+                f"KiB, threads {(threads1 - threads0) / (n1 - n0):.3f}"
+            )
+        cancel_all(bench, service, run_ids, namespace)
+    with contextlib.suppress(ApiException, WaitTimeout):
+        drop_namespaces(bench.api, [namespace], 180)
+
+
+def _footprint(runs: int, samples: Sequence[Sample]) -> tuple[int, float, float, int]:
+    wall = samples[-1].at - samples[0].at
+    cpu = (samples[-1].cpu - samples[0].cpu) / wall * 100 if wall > 0 else 0.0
+    return runs, cpu, median([x.rss_kib / 1024 for x in samples]), max(x.threads for x in samples)
+
+
+def restart(bench: Bench, service: Service, home: Path, namespace: str, run_ids: set[str],
+            jobs: RunObjects) -> Service:  # fmt: skip
+    """SIGKILL the service, start it again on its data dir; how long until it answers."""
+    progress(f"killing the service (SIGKILL) with {len(run_ids)} runs in flight")
+    port = free_port()
+    child_env = dict(os.environ)
+    child_env.update(bench.service_env)
+    child_env.update(MLEXP_DATA_DIR=str(home / "data"), MLEXP_PORT=str(port),
+                     MLEXP_HOST="127.0.0.1")  # fmt: skip
+    os.kill(service.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(service.pid, 0)
+    log = (home / f"service-{port}.log").open("ab")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "serve"],
+        cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    bench.children.append((child, log))
+    url = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=url, timeout=300)
+    answered = None
+    with profiled(bench, child.pid, "restart"):
+        while time.monotonic() - killed < 300 and child.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get("/healthz", timeout=2).status_code == 200:
+                    answered = time.monotonic() - killed
+                    break
+            time.sleep(0.02)
+    if answered is None:
+        raise RuntimeError(f"the restarted service did not answer (log {log.name})")
+    again = Service(child.pid, url, http, home / f"service-{port}.log")
+    calls = again.calls()
+    running = again.states(namespace_runs=run_ids).get("running", 0)
+    adopted = sum(
+        1 for line in again.log.read_text(errors="replace").splitlines() if "run adopted" in line
     )
+    time.sleep(2)
+    figure(
+        f"restart with {len(run_ids)} Job runs in flight: answering again {answered:.2f} s after "
+        f"SIGKILL; {adopted} runs re-attached before it answered, {running} still running; "
+        f"API calls to get there: {dict(calls)}"
+    )
+    figure(f"  Jobs in the namespace afterwards: {len(jobs.live)} for {len(run_ids)} runs "
+           f"({max(0, len(jobs.live) - len(run_ids))} duplicates)")  # fmt: skip
+    for line in again.log.read_text(errors="replace").splitlines():
+        if '"runs reconciled"' in line:
+            figure(f"  the service's own account: {line[:300]}")
+    return again
 
 
 # --- main ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def profiled(bench: Bench, pid: int, name: str) -> Iterator[None]:
+    """With ``--profile DIR``: py-spy samples ``pid`` meanwhile; its hottest frames are
+    printed after (collapsed stacks kept in DIR/<name>.txt)."""
+    if bench.args.profile is None:
+        yield
+        return
+    bench.args.profile.mkdir(parents=True, exist_ok=True)
+    out = bench.args.profile / f"{name}.txt"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    recorder = subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-o", str(out), "-f", "raw", "-r", "200", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
+    if out.exists():
+        figure(f"  profile of {name} ({out}): {hot_frames(out)}")
+
+
+def hot_frames(path: Path, top: int = 10) -> str:
+    """The frames of the project's code most often on the stack, as % of samples."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        # py-spy names files relative to the import path: ours are controller/... and api/...
+        frames = {f for f in stack.split(";") if " (controller/" in f or " (api/" in f}
+        for frame in {f.rsplit(":", 1)[0] + ")" for f in frames}:
+            inclusive[frame] += int(count)
+    parts = [f"{name.strip()} {n / total * 100:.0f}%" for name, n in inclusive.most_common(top)]
+    return f"{total} samples; " + "; ".join(parts)
+
+
+def _stop_children(bench: Bench) -> None:
+    """Services the benchmark started again after killing them."""
+    for child, log in bench.children:
+        if child.poll() is None:
+            child.terminate()
+            child.wait(timeout=30)
+        log.close()
 
 
 def service_problems(services: Sequence[Path]) -> None:
@@ -870,10 +1122,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--runs", type=int, default=20, help="launch-only Job runs, one at a time (parts 1, 2)")
-    add("--concurrent", type=int, default=500, help="Job runs tracked at once (part 3)")
+    add("--concurrent", type=int, default=1000, help="Job runs posted at once (part 4)")
+    add("--growth", default="100,500", help="runs in flight at which to sample (part 3)")
+    add("--growth-seconds", type=float, default=10, help="sample window at each of them")
     add("--complete", type=int, default=3, help="complete Job runs driven by JobDriver")
     add("--exec-runs", type=int, default=3, help="runs exec'd into a StatefulSet pod")
     add("--exec-together", action="store_true", help="start the exec runs at once")
+    add("--exec-seconds", type=int, default=30, help="how long each exec run's stage lasts")
     add("--poll-seconds", type=float, default=2.0, help="exec.poll_seconds (shipped default 2)")
     add("--qps", type=float, default=500, help="the service's api.qps")
     add("--burst", type=int, default=1000, help="the service's api.burst")
@@ -889,6 +1144,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "with an error)",
     )
     add("--log-level", default="INFO", help="the service's MLEXP_LOG_LEVEL")
+    add("--profile", type=Path, help="sample the burst and the restart with py-spy, into DIR")
     add("--keep", type=Path, help="work in this (new) directory and keep it: logs, cluster state")
     return parser.parse_args(argv)
 
@@ -963,7 +1219,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress("deleting the first namespaces (the fake nodes hold 500 pods in all)")
         drop_namespaces(bench.api, [launch_ns, drive_ns], 180)
 
+        stack.callback(_stop_children, bench)
         try:
+            growth(bench, f"bench-{tag}-growth")
             load(bench, load_ns)
         finally:
             with contextlib.suppress(ApiException, WaitTimeout):

@@ -6,7 +6,7 @@
     mlexp run start EXPERIMENT_ID [--set key=value ...] [--resource R] [--namespace N]
                     [--wait | --follow]
     mlexp run list [--experiment ID] [--state S]
-    mlexp run show ID | logs ID [--follow] | wait ID | cancel ID
+    mlexp run show ID | logs ID [--follow] | wait ID | cancel ID [--no-wait]
     mlexp demo        # the sample bundle, end to end, on a service of its own
 
 The client commands talk to ``--url`` (env ``MLEXP_URL``, default
@@ -216,8 +216,11 @@ def cmd_run_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_run_cancel(args: argparse.Namespace) -> int:
-    run = _client(args).cancel_run(args.run_id)
-    print(f"run {run['run_id']}: {run['state']}")
+    run = _client(args).cancel_run(args.run_id, wait=not args.no_wait)
+    state = str(run["state"])
+    if run.get("cancel_requested") and state in ("queued", "running"):
+        state = "cancel requested"
+    print(f"run {run['run_id']}: {state}")
     return 0
 
 
@@ -346,10 +349,15 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--experiment")
     listing.add_argument("--state")
     listing.set_defaults(func=cmd_run_list)
-    for name, func in (("show", cmd_run_show), ("cancel", cmd_run_cancel)):
-        one = run.add_parser(name)
-        one.add_argument("run_id")
-        one.set_defaults(func=func)
+    show = run.add_parser("show")
+    show.add_argument("run_id")
+    show.set_defaults(func=cmd_run_show)
+    cancel = run.add_parser("cancel")
+    cancel.add_argument("run_id")
+    cancel.add_argument(
+        "--no-wait", action="store_true", help="answer once asked, not once the run has stopped"
+    )
+    cancel.set_defaults(func=cmd_run_cancel)
     logs = run.add_parser("logs")
     logs.add_argument("run_id")
     logs.add_argument("--follow", "-f", action="store_true")

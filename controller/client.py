@@ -101,8 +101,10 @@ class MlexpClient:
         assert isinstance(data, list)
         return data
 
-    def cancel_run(self, run_id: str) -> JsonObject:
-        return self._json(self.http.post(f"/runs/{run_id}/cancel"))
+    def cancel_run(self, run_id: str, *, wait: bool = False) -> JsonObject:
+        """Ask for the run to stop; with ``wait``, answered once it has."""
+        params = {"wait": "true"} if wait else None
+        return self._json(self.http.post(f"/runs/{run_id}/cancel", params=params))
 
     def logs(self, run_id: str) -> str:
         return self._check(self.http.get(f"/runs/{run_id}/logs")).text

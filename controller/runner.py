@@ -36,7 +36,12 @@ Credentials come only from the environment: ``MLEXP_GIT_USERNAME`` and
 ``GIT_CONFIG_*`` variables (never a URL, never ``.git/config``); S3 keys are the
 standard ``AWS_*`` variables DVC reads. Nothing here prints them.
 
-Usage: ``python3 runner.py --spec SPEC.json --workdir DIR [--detach] [--env-stdin]``.
+In exec mode the service follows a detached runner with ``--follow``: one long exec
+session in which this program, beside the runner, sends the runner's log and status as
+they change, and a last line once the runner has ended (:func:`follow`).
+
+Usage: ``python3 runner.py --spec SPEC.json --workdir DIR [--detach] [--env-stdin]``, or
+``python3 runner.py --follow --workdir DIR [--offset N] [--limit N] [--pid P] [--pgid G]``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ NOT_STARTED = 75  # exit code: no start signal came, nothing was done (EX_TEMPFA
 READ_CHUNK = 64 * 1024
 MAX_CAPTURE = 64 * 1024  # output a step reads back (a commit id, a ref line)
 STOP_GRACE_SECONDS = 5.0
+FOLLOW_TICK_SECONDS = 0.2  # how often --follow looks at the files (locally, in the pod)
+FOLLOW_GROUP_SECONDS = 1.0  # how often it scans /proc for the group, once the runner is gone
+FOLLOW_HEARTBEAT_SECONDS = 10.0  # a line at least this often, so a dead session shows
+FOLLOW_CHUNK = 48 * 1024  # log bytes per line (64 KiB of base64)
+MAX_STATUS_BYTES = 16 * 1024 * 1024  # status.json with its metrics files
 
 
 # What carries a credential in the runner's environment; stages get none of it.
@@ -517,9 +527,159 @@ def detach(workdir: Path) -> None:
     os.dup2(log_fd, 2)
 
 
+# -- following a detached runner (exec mode) ------------------------------------------------
+#
+# ``--follow`` writes one line per event on stdout, in order, ASCII only:
+#
+#     P <pid> <pgid|->        the runner followed (first line)
+#     L <offset> <base64>     runner.log bytes from that offset (exact: the channel is text)
+#     S <json>                status.json changed: its state, step and error
+#     H                       nothing happened for a while (the session is alive)
+#     E <json|null>           the end: the runner is gone and its status is final, or
+#                             nothing of its process group lives; its status as in S
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """State and process group of ``pid``, or None if there is no such process.
+
+    Read after the last ``") "`` of /proc/<pid>/stat: comm, before it, may hold anything.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b") ")[2].split()
+        return fields[0].decode(), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _live(pid: int, group: int | None) -> bool:
+    """``pid`` runs (a zombie has ended), in ``group`` when one is given."""
+    state = _proc_state(pid)
+    return state is not None and state[0] not in "ZXx" and group in (None, state[1])
+
+
+def _group_live(group: int) -> bool:
+    return any(_live(int(n), group) for n in os.listdir("/proc") if n.isdigit())
+
+
+def _open_regular(path: Path) -> int | None:
+    """A read descriptor on a regular file, not through a symlink (stage code can write
+    the work dir: a FIFO or a link there must not block or redirect the reader)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _status_summary(workdir: Path) -> dict[str, object] | None:
+    """What the service needs of status.json (state, step, error), or None."""
+    fd = _open_regular(workdir / STATUS_FILE)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as src:
+        data = src.read(MAX_STATUS_BYTES + 1)
+    try:
+        status = json.loads(data) if len(data) <= MAX_STATUS_BYTES else None
+    except ValueError:
+        return None
+    if not isinstance(status, dict):
+        return None
+    return {
+        k: v[:2000] if isinstance(v, str) else v
+        for k, v in status.items()
+        if k in ("state", "step", "step_no", "error") and isinstance(v, (str, int))
+    }
+
+
+class _Lines:
+    """Writes ``--follow``'s lines to stdout; raises OSError once nobody reads them."""
+
+    def __init__(self) -> None:
+        self.written = time.monotonic()
+
+    def put(self, *parts: object) -> None:
+        data = (" ".join(str(p) for p in parts) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view) :]
+        self.written = time.monotonic()
+
+
+def follow(
+    workdir: Path, offset: int, limit: int | None, pid: int | None, group: int | None
+) -> int:
+    """Send the runner's log and status as they change, then its end (see the lines above).
+
+    Runs beside the runner in its pod: files are looked at every
+    :data:`FOLLOW_TICK_SECONDS`, locally. The end comes once the runner has exited with
+    a final status written (its log is then complete; stragglers of its group are the
+    service's to end), or once no process of its group lives.
+    """
+    if pid is None:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((workdir / PID_FILE).read_text())
+    if group is None and pid is not None:
+        state = _proc_state(pid)
+        group = state[1] if state is not None and state[1] > 1 else None
+    out = _Lines()
+    log_fd: int | None = None
+    status: dict[str, object] | None = None
+    seen: tuple[int, int, int] | None = None
+    runner_gone = pid is None
+    group_checked = 0.0
+    try:
+        out.put("P", pid if pid is not None else "-", group if group is not None else "-")
+        while True:
+            if not runner_gone:
+                runner_gone = not _live(pid, group) if pid is not None else True
+            ended = False
+            if runner_gone:
+                now = time.monotonic()
+                final = status is not None and status.get("state") in ("succeeded", "failed")
+                if final or group is None or now - group_checked >= FOLLOW_GROUP_SECONDS:
+                    group_checked = now
+                    ended = final or group is None or not _group_live(group)
+            if log_fd is None:
+                log_fd = _open_regular(workdir / LOG_FILE)
+            while log_fd is not None and (limit is None or offset < limit):
+                want = FOLLOW_CHUNK if limit is None else min(FOLLOW_CHUNK, limit - offset)
+                data = os.pread(log_fd, want, offset)
+                if data:
+                    out.put("L", offset, base64.b64encode(data).decode())
+                    offset += len(data)
+                if len(data) < want:
+                    break
+            try:
+                info = os.stat(workdir / STATUS_FILE, follow_symlinks=False)
+                key: tuple[int, int, int] | None = (info.st_ino, info.st_mtime_ns, info.st_size)
+            except OSError:
+                key = None
+            if key != seen or ended:
+                seen = key
+                now_status = _status_summary(workdir)
+                if now_status != status:
+                    status = now_status
+                    out.put("S", json.dumps(status, separators=(",", ":")))
+            if ended:
+                out.put("E", json.dumps(status, separators=(",", ":")))
+                return 0
+            if time.monotonic() - out.written >= FOLLOW_HEARTBEAT_SECONDS:
+                out.put("H")
+            time.sleep(FOLLOW_TICK_SECONDS)
+    except OSError:  # the session is gone (EPIPE), or the files are
+        return 1
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run and publish one mlexp run.")
-    parser.add_argument("--spec", type=Path, required=True, help="runner spec (JSON)")
+    parser.add_argument("--spec", type=Path, help="runner spec (JSON); required unless --follow")
     parser.add_argument("--workdir", type=Path, required=True, help="this run's work dir")
     parser.add_argument("--detach", action="store_true", help="run as a daemon (exec mode)")
     parser.add_argument(
@@ -527,11 +687,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="read one line of JSON, environment variables (credentials), from stdin",
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--follow", action="store_true", help="follow a detached runner")
+    parser.add_argument("--offset", type=int, default=0, help="--follow: runner.log from here")
+    parser.add_argument("--limit", type=int, help="--follow: send no runner.log past this byte")
+    parser.add_argument("--pid", type=int, help="--follow: the runner (default: runner.pid)")
+    parser.add_argument("--pgid", type=int, help="--follow: its process group (default: read)")
+    args = parser.parse_args(argv)
+    if args.spec is None and not args.follow:
+        parser.error("--spec is required")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.follow:
+        return follow(args.workdir, args.offset, args.limit, args.pid, args.pgid)
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.spec.read_text())
     if args.env_stdin:

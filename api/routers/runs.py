@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -28,6 +30,10 @@ router = APIRouter(tags=["runs"])
 FOLLOW_POLL_SECONDS = 0.2
 LOG_CHUNK = 64 * 1024
 LOG_MEDIA = "text/plain; charset=utf-8"
+# Submissions run in worker threads, at most this many at once (the app's
+# ``state.submissions`` limiter). More would only queue on the store's write lock while
+# contending for the GIL: each hand-over of it between threads costs system calls.
+SUBMISSION_THREADS = 2
 
 
 class RunCreate(BaseModel):
@@ -97,7 +103,12 @@ async def submit_run(
         )
     if once.key is not None:
         run_request = dataclasses.replace(run_request, idempotency_key=once.key)
-    return await run_in_threadpool(once.call, runs.submit, caller, run_request)
+    # Blocking (the store, the run's log, maybe DNS): in a worker thread, at most
+    # SUBMISSION_THREADS at once, since they queue on the store's lock anyway.
+    return await to_thread.run_sync(
+        functools.partial(once.call, runs.submit, caller, run_request),
+        limiter=request.app.state.submissions,
+    )
 
 
 async def _from_seed_form(request: Request, caller: Principal, runs: RunService) -> RunRequest:
@@ -145,14 +156,37 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=Run)
-def get_run(caller: Caller, runs: Runs, run_id: str) -> Run:
+async def get_run(caller: Caller, runs: Runs, run_id: str) -> Run:
+    # On the event loop: one look-up by key on the store's reader connection, which never
+    # waits for a writer (tens of microseconds), where a worker thread would cost more.
     return runs.get(caller, run_id)
 
 
-@router.post("/runs/{run_id}/cancel", response_model=Run)
-def cancel_run(caller: Caller, runs: Runs, run_id: str) -> Run:
-    """Stop the run and everything it started; answers once it is gone."""
-    return runs.cancel(caller, run_id)
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=Run,
+    responses={200: {"model": Run, "description": "With `wait=true`: the run, stopped."}},
+)
+def cancel_run(
+    caller: Caller,
+    runs: Runs,
+    run_id: str,
+    response: Response,
+    wait: Annotated[
+        bool, Query(description="Answer (200) only once the runner and all it started are gone.")
+    ] = False,
+) -> Run:
+    """Stop the run and everything it started.
+
+    A queued run is cancelled at once. A running one answers 202 at once with
+    ``cancel_requested: true``; it becomes ``cancelled`` when its runner is gone (or
+    ends as it would have, if it finished first). With ``wait=true`` the answer (200)
+    comes only then.
+    """
+    if wait:
+        response.status_code = 200
+    return runs.cancel(caller, run_id, wait=wait)
 
 
 @router.get(
@@ -176,6 +210,7 @@ async def run_logs(
     await run_in_threadpool(runs.get, caller, run_id)
     path = runs.log_path(run_id)
     if follow:
+        await run_in_threadpool(runs.want_log, run_id)
         return StreamingResponse(_follow(runs, caller, run_id, offset), media_type=LOG_MEDIA)
     size = await run_in_threadpool(_log_size, path)
     if size is None:

@@ -1,8 +1,14 @@
 """The Kubernetes adapter: the only module that talks to the API server.
 
-Objects go in and come out as plain dicts (the manifests ``planning`` builds;
-``sanitize_for_serialization`` of what the client returns), so nothing typed by
-the kubernetes client leaks upward. Every call passes a token bucket (the
+Objects go in and come out as plain dicts: the manifests ``planning`` builds go
+out as JSON, and answers are read as JSON. The REST calls are made here, on the
+kubernetes client's configured connection pool (its TLS, credentials and token
+refresh), by path, rather than through its generated API classes and models:
+importing those costs seconds of CPU at every start (pydantic builds a validator
+for each of their thousands of methods and fields) and deserialising into them
+more than the call itself once a service tracks a thousand runs. Only exec
+sessions (websockets) go through ``kubernetes.stream``. Nothing typed by the
+kubernetes client leaks upward. Every call passes a token bucket (the
 Python client has no client-side rate limit) and is counted, read or write,
 for the benchmarks. ``ApiException`` is translated here, once:
 
@@ -23,9 +29,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import (
@@ -33,6 +40,7 @@ from kubernetes.stream.ws_client import (
     STDERR_CHANNEL,
     STDOUT_CHANNEL,
 )
+from websocket import WebSocketException
 
 from controller.domain.errors import Conflict, ExternalError, InvalidInput, MlexpError, NotFound
 
@@ -40,19 +48,26 @@ Obj = dict[str, Any]
 """A Kubernetes object as JSON: the one place ``Any`` is allowed, at this boundary."""
 
 FIELD_MANAGER = "mlexp-ctrl"
+# HTTP connections kept open to the API server: watches and followed logs each hold one
+# for as long as they last, and launches in parallel want theirs; a pool that is too
+# small discards connections and pays a TLS handshake per call under load.
+CONNECTION_POOL = 64
 
-# kind -> (API group attribute, method suffix)
+# kind -> (API group path, resource)
 _KINDS: dict[str, tuple[str, str]] = {
-    "Secret": ("core", "namespaced_secret"),
-    "ConfigMap": ("core", "namespaced_config_map"),
-    "Pod": ("core", "namespaced_pod"),
-    "Service": ("core", "namespaced_service"),
-    "PersistentVolumeClaim": ("core", "namespaced_persistent_volume_claim"),
-    "Event": ("core", "namespaced_event"),
-    "Job": ("batch", "namespaced_job"),
-    "StatefulSet": ("apps", "namespaced_stateful_set"),
-    "Deployment": ("apps", "namespaced_deployment"),
+    "Secret": ("/api/v1", "secrets"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Pod": ("/api/v1", "pods"),
+    "Service": ("/api/v1", "services"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Event": ("/api/v1", "events"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "StatefulSet": ("/apis/apps/v1", "statefulsets"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
 }
+# Seconds to connect and, for answers that are not streams, to wait for one.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
 
 
 class TokenBucket:
@@ -89,18 +104,30 @@ class Gone(Exception):
     """A watch's resourceVersion is too old (HTTP 410): list again, then watch."""
 
 
+class _NoCopy:
+    """Takes the place of an exec session's copy of all its output (see ``exec_stream``)."""
+
+    def write(self, data: object) -> None:
+        pass
+
+
 def translate(exc: ApiException, what: str) -> MlexpError:
+    return problem(int(exc.status or 0), exc.body, exc.reason, what)
+
+
+def problem(status: int, body: object, reason: object, what: str) -> MlexpError:
+    """An error answer of the API server, as ours (its ``Status`` message kept)."""
     message = what
-    with contextlib.suppress(ValueError, TypeError):
-        body = json.loads(exc.body or "{}")
-        message = f"{what}: {body.get('message') or exc.reason}"
-    if exc.status == 404:
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        text = body.decode() if isinstance(body, bytes) else str(body or "{}")
+        message = f"{what}: {json.loads(text).get('message') or reason}"
+    if status == 404:
         return NotFound(message)
-    if exc.status == 409:
+    if status == 409:
         return Conflict(message)
-    if exc.status in (400, 422):
+    if status in (400, 422):
         return InvalidInput(message)
-    return ExternalError(f"{message} (Kubernetes API answered {exc.status})")
+    return ExternalError(f"{message} (Kubernetes API answered {status})")
 
 
 class KubeApi:
@@ -113,17 +140,20 @@ class KubeApi:
         qps: float = 20.0,
         burst: int = 40,
     ) -> None:
+        configuration = client.Configuration()
         if in_cluster:
-            configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            self.api_client = client.ApiClient(configuration)
         else:
-            self.api_client = config.new_client_from_config(
-                config_file=str(kubeconfig) if kubeconfig else None, context=context
+            config.load_kube_config(
+                config_file=str(kubeconfig) if kubeconfig else None,
+                context=context,
+                client_configuration=configuration,
             )
-        self.core = client.CoreV1Api(self.api_client)
-        self.batch = client.BatchV1Api(self.api_client)
-        self.apps = client.AppsV1Api(self.api_client)
+        configuration.connection_pool_maxsize = CONNECTION_POOL
+        self.api_client = client.ApiClient(configuration)
+        self.configuration = configuration
+        self._pool = self.api_client.rest_client.pool_manager
+        self._host = configuration.host.rstrip("/")
         self.bucket = TokenBucket(qps, burst)
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
@@ -146,14 +176,67 @@ class KubeApi:
         except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
             raise ExternalError(f"{what}: {type(exc).__name__}") from exc
 
-    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
-        group, suffix = _KINDS[kind]
-        api = getattr(self, group)
-        method: Callable[..., Any] = getattr(api, f"{verb}_{suffix}")
-        return method
+    def _path(
+        self, kind: str, namespace: str, name: str | None = None, sub: str | None = None
+    ) -> str:
+        group, resource = _KINDS[kind]
+        path = f"{group}/namespaces/{quote(namespace, safe='')}/{resource}"
+        if name is not None:
+            path += f"/{quote(name, safe='')}"
+        return path + (f"/{sub}" if sub else "")
 
-    def _plain(self, obj: Any) -> Obj:
-        data: Obj = self.api_client.sanitize_for_serialization(obj)
+    def _request(
+        self,
+        kind_of_call: str,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, object] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+        stream: bool = False,
+    ) -> Any:
+        """One REST call; an error answer raises (see :func:`problem`). A ``stream`` answer
+        is returned unread (the caller releases it); any other is read."""
+        self.bucket.acquire()
+        with self._calls_lock:
+            self.calls[kind_of_call] += 1
+        headers = {"Accept": "application/json", "User-Agent": FIELD_MANAGER}
+        settings: Any = self.configuration.auth_settings()  # a token that expires: refreshed
+        for setting in settings.values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"])] = str(setting["value"])
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body).encode()
+        url = self._host + path
+        if query:
+            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=None if stream else READ_TIMEOUT)
+        try:
+            response = self._pool.request(
+                method, url, body=data, headers=headers, preload_content=not stream,
+                timeout=timeout,
+            )  # fmt: skip
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise ExternalError(f"{what}: {type(exc).__name__}") from exc
+        if response.status >= 400:
+            error = problem(response.status, response.data, response.reason, what)
+            response.release_conn()
+            raise error
+        return response
+
+    def _json(self, kind_of_call: str, what: str, method: str, path: str, **kw: Any) -> Obj:
+        """A call whose answer is a JSON object."""
+        response = self._request(kind_of_call, what, method, path, **kw)
+        try:
+            data = json.loads(response.data)
+        except ValueError as exc:
+            raise ExternalError(f"{what}: the API server's answer is not JSON") from exc
+        if not isinstance(data, dict):
+            raise ExternalError(f"{what}: the API server's answer is not an object")
         return data
 
     # -- objects -----------------------------------------------------------
@@ -162,94 +245,89 @@ class KubeApi:
         """Server-side apply: creates or updates, never duplicates."""
         kind = str(manifest["kind"])
         meta = manifest["metadata"]
-        result = self._call(
+        return self._json(
             "write",
             f"apply {kind} {meta['namespace']}/{meta['name']}",
-            self._method("patch", kind),
-            meta["name"],
-            meta["namespace"],
+            "PATCH",
+            self._path(kind, meta["namespace"], meta["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
             body=dict(manifest),
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
+            content_type="application/apply-patch+yaml",  # JSON is YAML
         )
-        return self._plain(result)
 
     def set_owner(self, kind: str, namespace: str, name: str, owner: Mapping[str, Any]) -> None:
         """Add an owner reference (a merge patch of metadata only)."""
-        self._call(
+        self._json(
             "write",
             f"set the owner of {kind} {namespace}/{name}",
-            self._method("patch", kind),
-            name,
-            namespace,
+            "PATCH",
+            self._path(kind, namespace, name),
             body={"metadata": {"ownerReferences": [dict(owner)]}},
-            _content_type="application/merge-patch+json",
+            content_type="application/merge-patch+json",
         )
 
     def create(self, manifest: Mapping[str, Any]) -> Obj:
         kind = str(manifest["kind"])
         meta = manifest["metadata"]
-        result = self._call(
+        return self._json(
             "write",
             f"create {kind} {meta['namespace']}/{meta['name']}",
-            self._method("create", kind),
-            meta["namespace"],
+            "POST",
+            self._path(kind, meta["namespace"]),
+            query={"fieldManager": FIELD_MANAGER},
             body=dict(manifest),
-            field_manager=FIELD_MANAGER,
         )
-        return self._plain(result)
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
-            result = self._call(
-                "read",
-                f"read {kind} {namespace}/{name}",
-                self._method("read", kind),
-                name,
-                namespace,
+            return self._json(
+                "read", f"read {kind} {namespace}/{name}", "GET", self._path(kind, namespace, name)
             )
         except NotFound:
             return None
-        return self._plain(result)
 
     def select(self, kind: str, namespace: str, selector: str) -> tuple[list[Obj], str]:
         """Objects matching a label selector, and the resourceVersion to watch from."""
-        result = self._plain(
-            self._call(
-                "read",
-                f"list {kind} in {namespace}",
-                self._method("list", kind),
-                namespace,
-                label_selector=selector,
-            )
+        result = self._json(
+            "read",
+            f"list {kind} in {namespace}",
+            "GET",
+            self._path(kind, namespace),
+            query={"labelSelector": selector},
         )
         return list(result.get("items") or []), str(result["metadata"].get("resourceVersion", ""))
 
     def delete(self, kind: str, namespace: str, name: str, *, foreground: bool = True) -> bool:
         """Delete; False if it was already gone."""
         try:
-            self._call(
+            self._request(
                 "write",
                 f"delete {kind} {namespace}/{name}",
-                self._method("delete", kind),
-                name,
-                namespace,
-                propagation_policy="Foreground" if foreground else "Background",
+                "DELETE",
+                self._path(kind, namespace, name),
+                body={"propagationPolicy": "Foreground" if foreground else "Background"},
             )
         except NotFound:
             return False
         return True
 
+    def delete_all(self, kind: str, namespace: str, selector: str) -> None:
+        """Delete every object of ``kind`` matching a label selector (one call)."""
+        self._request(
+            "write",
+            f"delete {kind}s {selector} in {namespace}",
+            "DELETE",
+            self._path(kind, namespace),
+            query={"labelSelector": selector},
+        )
+
     def events_for(self, namespace: str, kind: str, name: str) -> list[Obj]:
-        result = self._plain(
-            self._call(
-                "read",
-                f"list events of {kind} {namespace}/{name}",
-                self.core.list_namespaced_event,
-                namespace,
-                field_selector=f"involvedObject.kind={kind},involvedObject.name={name}",
-            )
+        result = self._json(
+            "read",
+            f"list events of {kind} {namespace}/{name}",
+            "GET",
+            self._path("Event", namespace),
+            query={"fieldSelector": f"involvedObject.kind={kind},involvedObject.name={name}"},
         )
         return list(result.get("items") or [])
 
@@ -261,33 +339,41 @@ class KubeApi:
         The server ends a watch after ``timeout`` seconds; the caller resumes from the
         last resourceVersion it saw.
         """
-        self.bucket.acquire()
-        with self._calls_lock:
-            self.calls["watch"] += 1
-        watcher = watch.Watch()
+        what = f"watch {kind} in {namespace}"
         try:
-            for event in watcher.stream(
-                self._method("list", kind),
-                namespace,
-                label_selector=selector,
-                resource_version=resource_version,
-                timeout_seconds=timeout,
-                allow_watch_bookmarks=True,
-            ):
-                raw = event.get("raw_object") or {}
+            response = self._request(
+                "watch",
+                what,
+                "GET",
+                self._path(kind, namespace),
+                query={
+                    "labelSelector": selector,
+                    "resourceVersion": resource_version,
+                    "timeoutSeconds": timeout,
+                    "allowWatchBookmarks": "true",
+                    "watch": "true",
+                },
+                stream=True,
+            )
+        except ExternalError as exc:
+            if "answered 410" in exc.detail:
+                raise Gone(exc.detail) from exc
+            raise
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                raw = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     if raw.get("code") == 410:
                         raise Gone(str(raw.get("message")))
-                    raise ExternalError(f"watch of {kind} in {namespace}: {raw.get('message')}")
-                yield str(event["type"]), raw
-        except ApiException as exc:
-            if exc.status == 410:
-                raise Gone(str(exc.reason)) from exc
-            raise translate(exc, f"watch {kind} in {namespace}") from exc
+                    raise ExternalError(f"{what}: {raw.get('message')}")
+                yield str(event.get("type")), raw
+        except ValueError as exc:
+            raise ExternalError(f"{what}: an event that is not JSON") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ExternalError(f"watch {kind} in {namespace}: {type(exc).__name__}") from exc
+            raise ExternalError(f"{what}: {type(exc).__name__}") from exc
         finally:
-            watcher.stop()
+            response.release_conn()
 
     # -- pods --------------------------------------------------------------
 
@@ -347,28 +433,111 @@ class KubeApi:
             raise ExternalError(f"{what}: no exit status ({status[:200]})")
         return ExecResult("".join(out), "".join(err), int(code))
 
+    def exec_stream(
+        self,
+        namespace: str,
+        pod: str,
+        command: list[str],
+        *,
+        stdin: bytes | None = None,
+        container: str | None = None,
+    ) -> Iterator[str]:
+        """Run a command in a pod; yield its stdout as it arrives, for as long as it runs.
+
+        Yields ``""`` after each second without output, so a caller can stop or notice
+        silence. Ends when the command exits 0; raises :class:`ExternalError` when it
+        exits otherwise (with the tail of its stderr) or the session breaks. Closing the
+        iterator closes the session. One ``exec`` call, however long it lasts.
+        """
+        what = f"exec in pod {namespace}/{pod}"
+        kwargs: dict[str, Any] = {
+            "command": command,
+            "stdout": True,
+            "stderr": True,
+            "stdin": stdin is not None,
+            "tty": False,
+            "_preload_content": False,
+        }
+        if container:
+            kwargs["container"] = container
+        exec_client = client.ApiClient(self.api_client.configuration)  # as in exec()
+        try:
+            session = self._call(
+                "exec",
+                what,
+                stream,
+                client.CoreV1Api(exec_client).connect_get_namespaced_pod_exec,
+                pod,
+                namespace,
+                **kwargs,
+            )
+        except BaseException:
+            exec_client.close()
+            raise
+        # The client keeps a copy of all output for read_all(), which is not used here:
+        # over a whole run that copy would grow with the run's log.
+        if hasattr(session, "_all"):
+            session._all = _NoCopy()
+        err = ""
+        try:
+            if stdin is not None:
+                session.write_stdin(stdin.decode())
+            while session.is_open():
+                session.update(timeout=1)
+                err = (err + session.read_channel(STDERR_CHANNEL))[-4096:]
+                yield session.read_channel(STDOUT_CHANNEL)
+            rest = session.read_channel(STDOUT_CHANNEL)
+            if rest:
+                yield rest
+            err = (err + session.read_channel(STDERR_CHANNEL))[-4096:]
+            closing = session.read_channel(ERROR_CHANNEL)
+        except (OSError, ValueError, WebSocketException) as exc:
+            raise ExternalError(f"{what}: the session broke ({type(exc).__name__})") from exc
+        finally:
+            session.close()
+            exec_client.close()
+        # The closing Status: Success, or a Failure with an ExitCode cause (or a message).
+        try:
+            status = json.loads(closing)
+        except ValueError:
+            status = None
+        if not isinstance(status, dict):
+            raise ExternalError(f"{what}: the session ended without an exit status")
+        if status.get("status") == "Success":
+            return
+        details = status.get("details")
+        causes = details.get("causes") if isinstance(details, dict) else None
+        code = next(
+            (
+                str(c.get("message"))
+                for c in causes or []
+                if isinstance(c, dict) and c.get("reason") == "ExitCode"
+            ),
+            "?",
+        )
+        detail = err.strip() or str(status.get("message") or "")
+        raise ExternalError(f"{what}: exit {code}: {detail[-300:]}")
+
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        result = self._call(
+        response = self._request(
             "read",
             f"log of pod {namespace}/{pod}",
-            self.core.read_namespaced_pod_log,
-            pod,
-            namespace,
-            container=container,
+            "GET",
+            self._path("Pod", namespace, pod, "log"),
+            query={"container": container},
         )
-        return str(result)
+        return bytes(response.data).decode(errors="replace")
 
     def follow_pod_log(self, namespace: str, pod: str) -> Iterator[bytes]:
         """The pod's log as it is written, until the container ends (``follow=true``)."""
         what = f"follow the log of pod {namespace}/{pod}"
-        response = self._call(
+        response = self._request(
             "read",
             what,
-            self.core.read_namespaced_pod_log,
-            pod,
-            namespace,
-            follow=True,
-            _preload_content=False,
+            "GET",
+            self._path("Pod", namespace, pod, "log"),
+            query={"follow": "true"},
+            stream=True,
         )
         try:
             yield from response.stream(4096, decode_content=True)
@@ -380,3 +549,16 @@ class KubeApi:
     def call_count(self) -> dict[str, int]:
         with self._calls_lock:
             return dict(self.calls)
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The lines of a streamed response (a watch sends one JSON event per line)."""
+    pending = b""
+    for chunk in response.stream(64 * 1024, decode_content=True):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending

@@ -93,6 +93,13 @@ class JobSettings(_Strict):
     backoff_limit: int = Field(default=2, ge=0, le=20)
     ttl_seconds_after_finished: int | None = Field(default=3600, ge=0)
     active_deadline_seconds: int = Field(default=21600, ge=1)
+    log_followers: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Run pods whose log is followed as it is written, at most, at once; the "
+        "others' logs are read once their Job ends (and followed when a slot frees).",
+    )
     pod_labels: dict[str, str] = Field(
         default_factory=dict,
         max_length=16,
@@ -112,7 +119,13 @@ class ExecSettings(_Strict):
     """Runs exec'd into a StatefulSet/Deployment pod (``resource: sts/<name>``)."""
 
     work_root: str = Field(default=EXEC_WORK_ROOT, pattern=r"^/[A-Za-z0-9._/-]{0,254}$")
-    poll_seconds: float = Field(default=2.0, gt=0, le=60)
+    poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Exec runs report through one long exec stream; when it breaks, the run "
+        "is polled with short execs this often until the stream is open again.",
+    )
 
     @field_validator("work_root")
     @classmethod

@@ -94,6 +94,11 @@ class Run(Record):
     )
     state: RunState
     reason: str | None = None
+    cancel_requested: bool = Field(
+        default=False,
+        description="A cancel was asked for; the run is `cancelled` once its runner is gone "
+        "(or ends as it would have, if it finished first).",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from controller.domain.bundle import RepoSpec
 from controller.domain.models import Run
@@ -69,4 +69,27 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """The service is stopping: end waits early (runners go on; a restart adopts them)."""
+        ...
+
+
+@runtime_checkable
+class EventExecutor(Executor, Protocol):
+    """An executor that reports a runner's end by calling back instead of blocking a thread.
+
+    Its runs are followed with ``follow``; ``wait`` is there for callers that want to block.
+    """
+
+    def follow(self, handle: Handle, done: Callable[[Outcome], None]) -> None:
+        """Call ``done`` once, from a worker of the executor's, when the runner has ended."""
+        ...
+
+    def stop(self, handle: Handle) -> bool:
+        """Ask the runner to stop and return at once; its end then comes through ``follow``.
+
+        False when nothing was left to stop (then no end will come).
+        """
+        ...
+
+    def want_log(self, handle: Handle) -> None:
+        """Someone follows the run's log: save it as it is written if it is not yet."""
         ...

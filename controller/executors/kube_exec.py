@@ -1,11 +1,21 @@
 """``resource: sts/<name>`` or ``deploy/<name>``: the runner, detached, inside a ready pod.
 
-Short ``exec`` calls do everything: copy ``runner.py`` and the spec into the run's
-own work dir in the pod, start the runner with ``--detach`` (credentials go in on
-stdin, so they are in no command line, file or pod spec), then poll its
-``status.json`` and copy new lines of its log. The runner outlives the exec
-session and the control plane: after a restart the handle (pod, work dir, pid,
-process group) finds it again.
+One ``exec`` session launches a run: it writes ``runner.py`` and the spec into the
+run's own work dir in the pod (both on stdin, with their byte counts), starts the
+runner with ``--detach`` (credentials follow on the same stdin, so they are in no
+command line, file or pod spec), and goes on as ``runner.py --follow``: the session
+stays open for the whole run and carries, as lines of text, the runner's pid and
+process group, its log, its status changes, and its end (see :func:`runner.follow`).
+So a run costs a couple of API calls, not a few every ``poll_seconds``, and its end
+is seen within a fraction of a second.
+
+If that stream breaks (a dropped connection, a restart of the service, silence past
+:data:`STREAM_STALL_SECONDS`), :meth:`ExecExecutor.wait` polls once with short execs
+(copy the new part of the log, read ``status.json``, look for a live process of the
+run's group), then opens a new stream from where the log copy stands; while streams
+keep failing it polls every ``poll_seconds``. The runner outlives the exec session and
+the control plane: after a restart the handle (pod, work dir, pid, process group)
+finds it again, and the copied log's ``.offset`` mark says where to resume.
 
 Which pod a run gets is the run service's decision (one run per pod unless the
 workload is ``shared``; see :mod:`controller.services.placement`); this module
@@ -23,6 +33,7 @@ import logging
 import shlex
 import threading
 import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from controller import runner
@@ -35,8 +46,22 @@ log = logging.getLogger("mlexp.kube")
 
 POLL_SECONDS = 1.0
 CANCEL_GRACE = 5.0
-LOG_COPY_BYTES = 1024 * 1024  # of the pod's runner.log per exec call
+LOG_COPY_BYTES = 1024 * 1024  # of the pod's runner.log per exec call (polling)
 LOG_CAP_SLACK = 4096  # the runner's marker line, beyond its log_max_bytes
+LAUNCH_SECONDS = 60.0  # for the launch session to name the runner
+# The follower writes a line at least every FOLLOW_HEARTBEAT_SECONDS: this much silence
+# means the session is dead without having said so.
+STREAM_STALL_SECONDS = 3 * runner.FOLLOW_HEARTBEAT_SECONDS
+STREAM_RETRY_MAX_SECONDS = 300.0  # between attempts at a stream, while they keep failing
+MAX_LINE = 256 * 1024  # a follower's line (its log lines carry 64 KiB of base64)
+
+# Runs runner.py sent on stdin (its byte count first): a stream re-opened after a restart
+# or an upgrade runs the service's own follower, not whatever the work dir holds now.
+_FROM_STDIN = (
+    "import sys; n = int(sys.argv[1]); source = sys.stdin.buffer.read(n);"
+    " sys.argv = ['runner.py'] + sys.argv[2:];"
+    " exec(compile(source, 'runner.py', 'exec'), {'__name__': '__main__'})"
+)
 
 
 def _pgid_of(pid: str) -> str:
@@ -70,18 +95,63 @@ def pod_ready(pod: Obj) -> bool:
     )
 
 
+class StreamBroke(Exception):
+    """The follower's session ended without the runner's end, or said something wrong."""
+
+
+class _Follower:
+    """The lines of one ``runner.py --follow`` session; ``None`` for each quiet second."""
+
+    def __init__(self, chunks: Iterator[str]) -> None:
+        self.chunks = chunks
+        self.heard = time.monotonic()
+        self.lines_seen = 0
+        self.lines = self._lines()
+
+    def _lines(self) -> Generator[str | None, None, None]:
+        buffer = ""
+        for chunk in self.chunks:
+            if not chunk:
+                if time.monotonic() - self.heard > STREAM_STALL_SECONDS:
+                    raise StreamBroke(f"no word from the follower in {STREAM_STALL_SECONDS} s")
+                yield None
+                continue
+            self.heard = time.monotonic()
+            buffer += chunk
+            while "\n" in buffer:
+                line, _, buffer = buffer.partition("\n")
+                self.lines_seen += 1
+                yield line
+            if len(buffer) > MAX_LINE:
+                raise StreamBroke("a line of the follower is too long")
+        raise StreamBroke("the follower's session ended before the runner did")
+
+    def close(self) -> None:
+        self.lines.close()
+        close = getattr(self.chunks, "close", None)
+        if callable(close):
+            close()
+
+
 class ExecExecutor:
     def __init__(
         self, kube: KubeApi, *, work_root: str, poll_seconds: float = POLL_SECONDS
     ) -> None:
         self.kube = kube
         self.work_root = work_root.rstrip("/")
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = poll_seconds  # between polls, only while no stream is open
         self.runner_source = Path(runner.__file__).read_bytes()
         self._closed = threading.Event()
+        # Launch sessions that go on as followers, until wait() takes them (by work dir).
+        self._launched: dict[str, _Follower] = {}
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._closed.set()
+        with self._lock:
+            launched, self._launched = list(self._launched.values()), {}
+        for follower in launched:
+            follower.close()
 
     def ready_pods(self, namespace: str, kind: str, name: str) -> list[str]:
         """The workload's ready pods, by name."""
@@ -106,7 +176,11 @@ class ExecExecutor:
         return self.launch_in(request, self.pick_pod(str(request.run.namespace), kind, name))
 
     def launch_in(self, request: Launch, pod: str) -> Handle:
-        """Start the runner, detached, in ``pod``; the handle names the pod and process group."""
+        """Start the runner, detached, in ``pod``: one exec, which goes on following it.
+
+        The handle names the pod, work dir, pid and process group; the session is kept
+        for :meth:`wait`.
+        """
         run = request.run
         namespace = str(run.namespace)
         workdir = f"{self.work_root}/{run.run_id}"
@@ -121,32 +195,121 @@ class ExecExecutor:
         if isinstance(cap, int):
             handle["log_max_bytes"] = cap
         quoted = shlex.quote(workdir)
-        # Byte counts instead of end-of-input: not every exec server passes stdin's close on.
         source = self.runner_source
-        copy = f"mkdir -p {quoted} && head -c {len(source)} > {quoted}/runner.py"
-        self._check(self._exec(handle, copy, source), "copy the runner")
         spec = json.dumps(dict(request.spec)).encode()
-        copy = f"head -c {len(spec)} > {quoted}/spec.json"
-        self._check(self._exec(handle, copy, spec), "copy the spec")
-        started = self._exec(
-            handle,
-            f"cd {quoted} && python3 runner.py --spec spec.json --workdir . --detach --env-stdin"
-            f' && pid=$(cat {runner.PID_FILE}) && echo "$pid $({_pgid_of("$pid")})"',
-            json.dumps(dict(request.env)).encode() + b"\n",
+        env = json.dumps(dict(request.env)).encode() + b"\n"
+        # Byte counts instead of end-of-input: not every exec server passes stdin's close
+        # on. Each `head -c` reads no further than its count, so the runner, then the
+        # spec, then (read by the runner itself) the credentials come off one stdin.
+        script = (
+            f"mkdir -p {quoted} && cd {quoted} && rm -f {runner.PID_FILE}"
+            f" && head -c {len(source)} > runner.py && head -c {len(spec)} > spec.json"
+            " && python3 runner.py --spec spec.json --workdir . --detach --env-stdin"
+            f" && exec python3 runner.py --follow --workdir . {self._follow_args(handle)}"
         )
-        self._check(started, "start the runner")
-        pid, _, pgid = started.stdout.strip().splitlines()[-1].partition(" ")
+        follower = _Follower(
+            self.kube.exec_stream(namespace, pod, ["sh", "-c", script], stdin=source + spec + env)
+        )
+        try:
+            pid, pgid = self._first_line(follower)
+        except (MlexpError, StreamBroke) as exc:
+            follower.close()
+            detail = exc.detail if isinstance(exc, MlexpError) else str(exc)
+            if not self._recover_pid(handle):
+                raise ExternalError(f"could not start the runner in the pod: {detail}") from exc
+            log.warning(
+                "runner started, its launch session did not name it",
+                extra={"run_id": run.run_id, "pod": pod, "error": detail},
+            )
+        else:
+            handle["pid"] = pid
+            if pgid is not None:
+                handle["pgid"] = pgid
+            with self._lock:
+                self._launched[workdir] = follower
+        log.info(
+            "runner started in pod",
+            extra={
+                "run_id": run.run_id,
+                "pod": pod,
+                "pid": handle["pid"],
+                "pgid": handle.get("pgid"),
+            },
+        )
+        return handle
+
+    def _first_line(self, follower: _Follower) -> tuple[int, int | None]:
+        """The follower's first line, ``P <pid> <pgid>``: which runner it follows."""
+        deadline = time.monotonic() + LAUNCH_SECONDS
+        for line in follower.lines:
+            if line is None:
+                if time.monotonic() > deadline:
+                    raise StreamBroke(f"the runner was not named within {LAUNCH_SECONDS:.0f} s")
+                continue
+            kind, _, rest = line.partition(" ")
+            pid, _, pgid = rest.partition(" ")
+            if kind != "P" or not pid.isdigit():
+                raise StreamBroke(f"the follower began with {line[:80]!r}")
+            # "-" when the runner had ended before the follower looked: it left no group
+            # to signal, and then there is nothing to stop either.
+            return int(pid), _group(pgid)
+        raise StreamBroke("the launch session ended")  # not reached: lines() raises first
+
+    def _recover_pid(self, handle: Handle) -> bool:
+        """After a launch session that broke: the runner it may have started, from runner.pid."""
+        quoted = shlex.quote(str(handle["workdir"]))
+        try:
+            found = self._exec(
+                handle,
+                f'pid=$(cat {quoted}/{runner.PID_FILE} 2>/dev/null) && [ -n "$pid" ]'
+                f' && echo "$pid $({_pgid_of("$pid")})"',
+            )
+        except MlexpError:
+            return False
+        pid, _, pgid = (found.stdout.strip().splitlines() or [""])[-1].partition(" ")
+        if found.exit_code != 0 or not pid.isdigit():
+            return False
         handle["pid"] = int(pid)
-        # Read now, while the runner surely lives: a runner that is already gone has no
-        # group left to signal, and then there is nothing to stop either.
         group = _group(pgid.strip())
         if group is not None:
             handle["pgid"] = group
-        log.info(
-            "runner started in pod",
-            extra={"run_id": run.run_id, "pod": pod, "pid": pid, "pgid": group},
+        return True
+
+    def _follow_args(self, handle: Handle) -> str:
+        """``--offset`` (what the run's log holds already), ``--limit`` (the log cap) and,
+        for a runner launched earlier, ``--pid``/``--pgid``."""
+        args = ["--offset", str(self._mark(handle))]
+        limit = self._limit(handle)
+        if limit is not None:
+            args += ["--limit", str(limit)]
+        if handle.get("pid") is not None:
+            args += ["--pid", str(int(str(handle["pid"])))]
+        group = _group(handle.get("pgid"))
+        if group is not None:
+            args += ["--pgid", str(group)]
+        return " ".join(args)
+
+    def _open_follower(self, handle: Handle) -> _Follower:
+        with self._lock:
+            launched = self._launched.pop(str(handle["workdir"]), None)
+        if launched is not None:
+            return launched
+        source = self.runner_source
+        command = [
+            "python3", "-c", _FROM_STDIN, str(len(source)),
+            "--follow", "--workdir", str(handle["workdir"]),
+            *self._follow_args(handle).split(),
+        ]  # fmt: skip
+        chunks = self.kube.exec_stream(
+            str(handle["namespace"]), str(handle["pod"]), command, stdin=source
         )
-        return handle
+        follower = _Follower(chunks)
+        try:
+            self._first_line(follower)
+        except BaseException:
+            follower.close()
+            raise
+        return follower
 
     def _check(self, result: ExecResult, what: str) -> None:
         if result.exit_code != 0:
@@ -162,22 +325,51 @@ class ExecExecutor:
             return None
         return status if isinstance(status, dict) else None
 
+    # -- the run's log ------------------------------------------------------
+
+    @staticmethod
+    def _mark_file(handle: Handle) -> Path:
+        # How much of the pod's runner.log is already in ours, kept beside it so that a
+        # restarted service resumes where it was instead of copying it twice.
+        return Path(f"{handle['log']}.offset")
+
+    def _mark(self, handle: Handle) -> int:
+        mark = self._mark_file(handle)
+        return int(mark.read_text() or 0) if mark.is_file() else 0
+
+    @staticmethod
+    def _limit(handle: Handle) -> int | None:
+        """The most of the pod's runner.log copied: the runner keeps it under its cap; the
+        run's code can write to runner.log too, so no more than the cap is copied whatever
+        it does."""
+        cap = handle.get("log_max_bytes")
+        return int(str(cap)) + LOG_CAP_SLACK if cap is not None else None
+
+    def _append(self, handle: Handle, offset: int, data: bytes) -> None:
+        """Add the pod log's bytes at ``offset`` to the run's log, and move the mark."""
+        mark = self._mark(handle)
+        limit = self._limit(handle)
+        if limit is not None and mark >= limit:
+            return
+        if offset > mark:
+            raise StreamBroke(f"the follower skipped the log from {mark} to {offset}")
+        end = offset + len(data) if limit is None else min(offset + len(data), limit)
+        if end <= mark:
+            return
+        with Path(str(handle["log"])).open("ab") as out:
+            out.write(data[mark - offset : end - offset])
+        self._mark_file(handle).write_text(str(end))
+
     def _copy_log(self, handle: Handle) -> None:
         """Append what is new in the pod's runner.log to the run's log, a slice per exec.
 
         Slices are bounded (memory stays flat) and travel as base64, so the byte count
         is exact: the exec channel decodes text, which would drift on bytes that are
-        not UTF-8 or on a character cut between two frames. The runner keeps its log
-        under the cap; the run's code can write to runner.log too, so no more than the
-        cap is copied whatever it does.
+        not UTF-8 or on a character cut between two frames.
         """
-        # How much of the pod's runner.log is already in ours, kept beside it so that a
-        # restarted service resumes where it was instead of copying it twice.
-        mark = Path(f"{handle['log']}.offset")
-        offset = int(mark.read_text() or 0) if mark.is_file() else 0
+        offset = self._mark(handle)
         workdir = shlex.quote(str(handle["workdir"]))
-        cap = handle.get("log_max_bytes")
-        limit = int(str(cap)) + LOG_CAP_SLACK if cap is not None else None
+        limit = self._limit(handle)
         while limit is None or offset < limit:
             wanted = LOG_COPY_BYTES if limit is None else min(LOG_COPY_BYTES, limit - offset)
             result = self._exec(
@@ -192,12 +384,12 @@ class ExecExecutor:
                 return
             if not data:
                 return
-            with Path(str(handle["log"])).open("ab") as out:
-                out.write(data)
+            self._append(handle, offset, data)
             offset += len(data)
-            mark.write_text(str(offset))
             if len(data) < wanted:
                 return
+
+    # -- following ------------------------------------------------------------
 
     def is_active(self, handle: Handle) -> bool:
         """Whether anything of the run lives: a process of its group (older handles: its runner).
@@ -219,17 +411,75 @@ class ExecExecutor:
         return result.exit_code == 0
 
     def wait(self, handle: Handle) -> Outcome:
+        """Follow the run over its stream until the runner's end; poll only without one.
+
+        A stream that breaks is followed by one poll and, after ``poll_seconds``, a new
+        stream; streams that break without a word are tried less and less often (up to
+        :data:`STREAM_RETRY_MAX_SECONDS`), with a poll every ``poll_seconds`` meanwhile.
+        """
+        retry_at = 0.0
+        silent = 0  # streams in a row that broke without a line
         while not self._closed.is_set():
-            self._copy_log(handle)
-            status = self._status(handle)
-            if status is not None and status.get("state") in ("succeeded", "failed"):
-                self._copy_log(handle)
-                return self._outcome(status)
-            if not self.is_active(handle):
-                self._copy_log(handle)
-                return self._outcome(self._status(handle))
+            if time.monotonic() >= retry_at:
+                follower: _Follower | None = None
+                try:
+                    follower = self._open_follower(handle)
+                    outcome = self._read(handle, follower)
+                    if outcome is not None:
+                        return outcome
+                except (MlexpError, StreamBroke) as exc:
+                    detail = exc.detail if isinstance(exc, MlexpError) else str(exc)
+                    log.info(
+                        "runner's stream broke; polling",
+                        extra={"pod": handle["pod"], "workdir": handle["workdir"], "error": detail},
+                    )
+                finally:
+                    if follower is not None:
+                        follower.close()
+                if self._closed.is_set():
+                    break
+                heard = follower is not None and follower.lines_seen > 0
+                silent = 0 if heard else silent + 1
+                backoff = self.poll_seconds * 2 ** max(0, silent - 1)
+                retry_at = time.monotonic() + min(STREAM_RETRY_MAX_SECONDS, backoff)
+            outcome = self._poll(handle)
+            if outcome is not None:
+                return outcome
             self._closed.wait(self.poll_seconds)
         return Outcome("failed", reason="the service stopped following the run")
+
+    def _read(self, handle: Handle, follower: _Follower) -> Outcome | None:
+        """The runner's end as the follower tells it; None once the service stops."""
+        for line in follower.lines:
+            if self._closed.is_set():
+                return None
+            if line is None:
+                continue
+            kind, _, rest = line.partition(" ")
+            try:
+                if kind == "L":
+                    offset, _, data = rest.partition(" ")
+                    self._append(handle, int(offset), base64.b64decode(data, validate=True))
+                elif kind == "S":
+                    log.debug("runner status", extra={"pod": handle["pod"], "status": rest})
+                elif kind == "E":
+                    status = json.loads(rest)
+                    return self._outcome(status if isinstance(status, dict) else None)
+            except (ValueError, binascii.Error) as exc:
+                raise StreamBroke(f"a line of the follower is garbled ({kind})") from exc
+        return None  # not reached: lines raises when the session ends
+
+    def _poll(self, handle: Handle) -> Outcome | None:
+        """One look with short execs: the outcome if the runner has ended."""
+        self._copy_log(handle)
+        status = self._status(handle)
+        if status is not None and status.get("state") in ("succeeded", "failed"):
+            self._copy_log(handle)
+            return self._outcome(status)
+        if not self.is_active(handle):
+            self._copy_log(handle)
+            return self._outcome(self._status(handle))
+        return None
 
     def outcome(self, handle: Handle) -> Outcome:
         return self._outcome(self._status(handle))
@@ -278,6 +528,10 @@ class ExecExecutor:
         Before the pod takes another run: a stage's background process must not
         outlive its run and watch the next one.
         """
+        with self._lock:
+            launched = self._launched.pop(str(handle["workdir"]), None)
+        if launched is not None:  # launched, never waited for
+            launched.close()
         workdir = shlex.quote(str(handle["workdir"]))
         group = _group(handle.get("pgid"))
         kill = f"kill -s KILL -- -{group} 2>/dev/null; " if group is not None else ""

@@ -2,10 +2,14 @@
 
 Each watch lists once (label-selected), then watches from the list's
 resourceVersion, resuming from the last version seen when the server ends the
-watch, and listing again only when the version has expired (410 Gone). Waiters
-block on a condition instead of polling the API. A pod that cannot make
-progress (Unschedulable, ImagePullBackOff, CrashLoopBackOff, …) is reported
-through ``on_stuck`` with the reason, so a run says why it is not moving.
+watch, and listing again only when the version has expired (410 Gone); what a
+new listing no longer holds was deleted meanwhile. The watches keep a slim copy
+of each run Job and Pod (the fields read here), so however many runs are in
+flight, asking after one costs no API call and no thread waits per run: a Job's
+end is a callback, made by the watch thread that saw it (callbacks hand real
+work to a pool). A pod that cannot make progress (Unschedulable,
+ImagePullBackOff, CrashLoopBackOff, …) is reported through ``on_stuck`` with
+the reason, so a run says why it is not moving.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from controller.adapters.kube import Gone, KubeApi, Obj
 from controller.domain.errors import MlexpError
@@ -69,8 +73,54 @@ def pod_stuck_reason(pod: Obj) -> str | None:
     return None
 
 
+def slim_job(job: Obj) -> Obj:
+    """What the tracker reads of a Job: a fraction of its memory, a thousand times over."""
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    return {
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "uid", "labels", "deletionTimestamp")
+            if key in meta
+        },
+        "status": {
+            "conditions": [
+                {key: c.get(key) for key in ("type", "status", "reason", "message")}
+                for c in status.get("conditions") or []
+            ]
+        },
+    }
+
+
+def slim_pod(pod: Obj) -> Obj:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "labels", "deletionTimestamp")
+            if key in meta
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": [
+                c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"
+            ],
+            "containerStatuses": [
+                {"state": {"waiting": (c.get("state") or {}).get("waiting")}}
+                for c in status.get("containerStatuses") or []
+                if (c.get("state") or {}).get("waiting")
+            ],
+        },
+    }
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name"))
+
+
 class _Watch(threading.Thread):
-    """Keeps ``objects`` in step with the API server for one kind in one namespace."""
+    """Keeps the caller in step with the API server for one kind in one namespace."""
 
     def __init__(
         self,
@@ -84,6 +134,7 @@ class _Watch(threading.Thread):
         self.kube, self.kind, self.namespace = kube, kind, namespace
         self.changed, self.stop_event = changed, stop
         self.synced = threading.Event()
+        self._names: set[str] = set()  # what it has reported and not yet as deleted
 
     def run(self) -> None:
         version = ""
@@ -91,15 +142,14 @@ class _Watch(threading.Thread):
             try:
                 if not version:
                     items, version = self.kube.select(self.kind, self.namespace, RUN_SELECTOR)
-                    for item in items:
-                        self.changed("ADDED", item)
+                    self._listed(items)
                     self.synced.set()
                 for kind, obj in self.kube.watch(
                     self.kind, self.namespace, RUN_SELECTOR, version, timeout=60
                 ):
                     version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                     if kind != "BOOKMARK":
-                        self.changed(kind, obj)
+                        self._report(kind, obj)
                     if self.stop_event.is_set():
                         return
             except Gone:
@@ -108,26 +158,53 @@ class _Watch(threading.Thread):
                 log.warning("watch failed", extra={"kind": self.kind, "error": exc.detail})
                 self.stop_event.wait(RETRY_SECONDS)
 
+    def _listed(self, items: Iterable[Obj]) -> None:
+        listed = {_name(item): item for item in items}
+        for name in self._names - listed.keys():  # deleted while nobody watched
+            self._report("DELETED", {"metadata": {"name": name, "namespace": self.namespace}})
+        for item in listed.values():
+            self._report("ADDED", item)
+
+    def _report(self, kind: str, obj: Obj) -> None:
+        if kind == "DELETED":
+            self._names.discard(_name(obj))
+        else:
+            self._names.add(_name(obj))
+        try:
+            self.changed(kind, obj)
+        except Exception:  # a bug in a callback must not end the watch of every run
+            log.exception("handling a watch event failed", extra={"kind": self.kind})
+
+
+JobEnd = tuple[str, str]
+"""("Complete" | "Failed" | "Deleted", reason text)."""
+
 
 class JobTracker:
-    """Finished-or-not of every run Job, by (namespace, name), fed by watches."""
+    """Every run Job and Pod, by (namespace, name), fed by watches; callbacks on changes."""
 
     def __init__(self, kube: KubeApi, on_stuck: Callable[[str, str], None]) -> None:
         self.kube = kube
         self.on_stuck = on_stuck
         self._jobs: dict[tuple[str, str], Obj] = {}
-        self._cond = threading.Lock()
-        # One event per awaited Job: a change wakes its own waiters only, not all of them.
+        self._pods: dict[tuple[str, str], Obj] = {}
+        self._pods_of_job: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+        # Per awaited Job: what to call once it has ended, and events of blocking waiters.
+        self._on_end: dict[tuple[str, str], Callable[[JobEnd], None]] = {}
+        # Deleted Jobs whose pods are still there: their end is called once the last goes.
+        self._orphaned: dict[tuple[str, str], tuple[Callable[[JobEnd], None], JobEnd]] = {}
         self._events: dict[tuple[str, str], threading.Event] = {}
         self._namespaces: dict[str, list[_Watch]] = {}
         self._stop = threading.Event()
-        # Job name -> what to call, once per pod, when one of its pods has started.
+        # Job -> what to call, once per pod, when one of its pods has started.
         self._pod_started: dict[tuple[str, str], Callable[[str], None]] = {}
         self._started_pods: set[tuple[str, str]] = set()
+        self._stuck: dict[str, str] = {}  # run id -> the reason last reported
 
     def ensure(self, namespace: str) -> None:
         """Start watching ``namespace`` (once) and wait for its first listing."""
-        with self._cond:
+        with self._lock:
             watches = self._namespaces.get(namespace)
             if watches is None:
                 watches = [
@@ -140,90 +217,151 @@ class JobTracker:
         for watch in watches:
             watch.synced.wait(timeout=30)
 
+    def synced(self, namespace: str) -> bool:
+        with self._lock:
+            watches = self._namespaces.get(namespace) or []
+        return bool(watches) and all(watch.synced.is_set() for watch in watches)
+
     def stop(self) -> None:
         self._stop.set()
-        with self._cond:
+        with self._lock:
+            self._on_end.clear()
+            self._orphaned.clear()
             for event in self._events.values():
                 event.set()
 
     def _job_changed(self, kind: str, job: Obj) -> None:
         meta = job.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
-        with self._cond:
+        ended: JobEnd | None
+        with self._lock:
             if kind == "DELETED":
-                # Forget it (so memory stays bounded); its waiters see it gone.
+                # Forget it (so memory stays bounded); whoever awaits it learns it is gone,
+                # once its pods are gone too (deleted in the background, they may outlive it).
                 self._jobs.pop(key, None)
                 event = self._events.pop(key, None)
+                ended = ("Deleted", f"Job {key[1]} was deleted before it finished")
+                if not self._pods_stopping(key) and key in self._on_end:
+                    self._orphaned[key] = (self._on_end.pop(key), ended)
             else:
-                self._jobs[key] = job
+                self._jobs[key] = slim_job(job)
                 event = self._events.get(key)
+                ended = job_finished(job)
+            callback = self._on_end.pop(key, None) if ended is not None else None
         if event is not None:
             event.set()
+        if callback is not None and ended is not None and not self._stop.is_set():
+            callback(ended)
 
     def _pod_changed(self, kind: str, pod: Obj) -> None:
-        if kind == "DELETED":
-            return
         meta = pod.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
         labels = meta.get("labels") or {}
+        job = (key[0], str(labels.get("job-name")))
+        if kind == "DELETED":
+            with self._lock:
+                known = self._pods.pop(key, None)
+                if known is not None:  # a deletion found by listing again carries no labels
+                    job = (key[0], str((known["metadata"].get("labels") or {}).get("job-name")))
+                self._started_pods.discard(key)
+                siblings = self._pods_of_job.get(job)
+                if siblings is not None:
+                    siblings.discard(key[1])
+                    if not siblings:
+                        del self._pods_of_job[job]
+                orphaned = self._orphaned.pop(job, None) if self._pods_stopping(job) else None
+            if orphaned is not None and not self._stop.is_set():
+                callback, ended = orphaned
+                callback(ended)
+            return
+        slim = slim_pod(pod)
+        with self._lock:
+            self._pods[key] = slim
+            self._pods_of_job.setdefault(job, set()).add(key[1])
+            orphaned = self._orphaned.pop(job, None) if self._pods_stopping(job) else None
+        if orphaned is not None and not self._stop.is_set():
+            callback, ended = orphaned
+            callback(ended)
         run_id = labels.get(LABEL_RUN)
-        reason = pod_stuck_reason(pod)
-        if run_id and reason:
+        reason = pod_stuck_reason(slim)
+        if run_id and reason and self._stuck.get(str(run_id)) != reason:
+            self._stuck[str(run_id)] = reason
             self.on_stuck(str(run_id), reason)
-        self._maybe_started(str(meta.get("namespace")), labels.get("job-name"), pod)
+        self._maybe_started(key[0], labels.get("job-name"), slim)
 
     def _maybe_started(self, namespace: str, job: object, pod: Obj) -> None:
         if (pod.get("status") or {}).get("phase") not in ("Running", "Succeeded", "Failed"):
             return
-        name = str((pod.get("metadata") or {}).get("name"))
-        with self._cond:
+        name = _name(pod)
+        with self._lock:
             callback = self._pod_started.get((namespace, str(job)))
             if callback is None or (namespace, name) in self._started_pods:
                 return
             self._started_pods.add((namespace, name))
-        threading.Thread(
-            target=callback, args=(name,), daemon=True, name=f"mlexp-log-{name}"
-        ).start()
+        callback(name)
+
+    def _pods_stopping(self, job: tuple[str, str]) -> bool:
+        """Every pod of ``job`` is gone or being deleted (its containers are being stopped).
+
+        Called with the lock held."""
+        return all(
+            self._pods[(job[0], name)]["metadata"].get("deletionTimestamp")
+            for name in self._pods_of_job.get(job) or ()
+        )
 
     def on_pod_started(self, namespace: str, job: str, callback: Callable[[str], None]) -> None:
-        """Call ``callback(pod_name)`` once for each pod of ``job`` that starts (or has)."""
+        """Call ``callback(pod_name)`` once for each pod of ``job`` that starts (or has).
+
+        It is called from a watch thread: it must hand any slow work on.
+        """
         self.ensure(namespace)
-        with self._cond:
+        with self._lock:
             self._pod_started[(namespace, job)] = callback
-        pods, _ = self.kube.select("Pod", namespace, f"job-name={job}")
+            names = self._pods_of_job.get((namespace, job)) or set()
+            pods = [self._pods[(namespace, name)] for name in names]
         for pod in pods:
             self._maybe_started(namespace, job, pod)
 
-    def forget_job(self, namespace: str, job: str) -> None:
-        with self._cond:
-            self._pod_started.pop((namespace, job), None)
+    def on_end(self, namespace: str, name: str, callback: Callable[[JobEnd], None]) -> None:
+        """Call ``callback`` once, when the Job finishes or is deleted (or now, if it has).
 
-    def current(self, namespace: str, name: str) -> Obj | None:
-        with self._cond:
-            return self._jobs.get((namespace, name))
-
-    def _event(self, key: tuple[str, str]) -> threading.Event:
-        with self._cond:
-            return self._events.setdefault(key, threading.Event())
-
-    def wait_finished(self, namespace: str, name: str) -> tuple[str, str]:
-        """Block until the Job finishes (or is deleted: ("Deleted", ...))."""
+        From a watch thread, or this one: it must hand any slow work on. A Job that is
+        not known yet is awaited (it was just created, and its event is on its way).
+        """
         self.ensure(namespace)
         key = (namespace, name)
-        event = self._event(key)
-        seen = False
-        while not self._stop.is_set():
-            event.clear()  # before looking, so a change made meanwhile is not missed
-            with self._cond:
-                job = self._jobs.get(key)
-            if job is None and seen:
-                return "Deleted", f"Job {name} was deleted before it finished"
-            if job is not None:
-                seen = True
-                finished = job_finished(job)
-                if finished is not None:
-                    return finished
-            event.wait(timeout=5)
-        return "Stopped", "the service stopped following the Job"
+        with self._lock:
+            job = self._jobs.get(key)
+            ended = job_finished(job) if job is not None else None
+            if ended is None:
+                self._on_end[key] = callback
+        if ended is not None:
+            callback(ended)
+
+    def forget_job(self, namespace: str, job: str, run_id: str | None = None) -> None:
+        with self._lock:
+            self._pod_started.pop((namespace, job), None)
+            self._on_end.pop((namespace, job), None)
+            self._orphaned.pop((namespace, job), None)
+            if run_id is not None:
+                self._stuck.pop(run_id, None)
+
+    def current(self, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            return self._jobs.get((namespace, name))
+
+    def pods_of(self, namespace: str, job: str) -> list[str]:
+        with self._lock:
+            return sorted(self._pods_of_job.get((namespace, job)) or ())
+
+    def tracked(self) -> tuple[int, int, int]:
+        """(Jobs, Pods, awaited Jobs) held: for the health endpoint and benchmarks."""
+        with self._lock:
+            return len(self._jobs), len(self._pods), len(self._on_end)
+
+    def _event(self, key: tuple[str, str]) -> threading.Event:
+        with self._lock:
+            return self._events.setdefault(key, threading.Event())
 
     def wait_gone(self, namespace: str, name: str, timeout: float) -> bool:
         self.ensure(namespace)
@@ -232,7 +370,7 @@ class JobTracker:
         deadline = time.monotonic() + timeout
         while True:
             event.clear()
-            with self._cond:
+            with self._lock:
                 if self._jobs.get(key) is None:
                     return True
             remaining = deadline - time.monotonic()

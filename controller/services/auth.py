@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -54,8 +55,13 @@ class Principal:
 LOCAL_ADMIN = Principal(name="local", namespaces=("*",), admin=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str | None) -> bool:
-    """Whether a listen address or client host is this machine only."""
+    """Whether a listen address or client host is this machine only.
+
+    Asked for every request without a tokens file: answers are cached (a pure function of
+    the text; the cache is bounded, so many client addresses only cost a re-parse).
+    """
     if host is None:
         return False
     if host in ("localhost", "testclient"):

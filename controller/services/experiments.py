@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +34,7 @@ from controller.settings import Settings
 log = logging.getLogger("mlexp.experiments")
 
 MAX_FILES = 500
+CREDENTIALS_CACHED = 256
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class ExperimentService:
         self.secrets = secrets
         self.profile = profile
         self.locations = LocationGuard.from_settings(settings, profile, resolver)
+        # Each submission re-checks its experiment's URLs, so it needs the credentials file
+        # every time; the file is written once, when the experiment is created, and never
+        # changes: its parsed form is kept (bounded: the least recently used goes first).
+        self._credentials: OrderedDict[str, RepoSpec] = OrderedDict()
+        self._credentials_lock = threading.Lock()
 
     def parse_repo(self, repo_json: bytes) -> RepoSpec:
         """``repo_json`` parsed, with its URLs and paths checked against the egress and
@@ -215,9 +223,18 @@ class ExperimentService:
         raise NotFound(f"no experiment uses {git_url} (branch {branch}); create one first")
 
     def credentials(self, experiment_id: str) -> RepoSpec:
+        with self._credentials_lock:
+            cached = self._credentials.get(experiment_id)
+            if cached is not None:
+                self._credentials.move_to_end(experiment_id)
+                return cached
         spec = self.secrets.get(experiment_id)
         if spec is None:
             raise NotFound(f"credentials of experiment {experiment_id!r} are missing")
+        with self._credentials_lock:
+            self._credentials[experiment_id] = spec  # RepoSpec is frozen: safe to share
+            while len(self._credentials) > CREDENTIALS_CACHED:
+                self._credentials.popitem(last=False)
         return spec
 
 

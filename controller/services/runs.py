@@ -1,11 +1,17 @@
 """Use cases for runs: submit, track, cancel, and re-attach after a restart.
 
 The service owns each run's state; executors only start, wait for and stop
-runners. A dispatcher thread starts queued runs while fewer than
-``max_concurrent_runs`` are active; one thread per active run waits for its
-runner and records how it ended. Runners are separate process groups, so
-stopping the service does not stop them: on start, :meth:`RunService.start`
-adopts those still alive and settles those that ended meanwhile.
+runners. A dispatcher thread starts queued local runs while fewer than
+``max_concurrent_runs`` are active; Kubernetes runs are launched by a small
+pool, as fast as the API budget (``api.qps``/``burst``) lets them. Threads do
+not grow with the runs in flight: a Job's end is a callback from the
+executor's watches (:class:`~controller.executors.EventExecutor`); only local
+and exec runs, bounded by the concurrency limit and the provisioned pods, have
+a thread waiting for their runner. Cancelling answers at once: the run carries
+``cancel_requested`` until its runner is gone, then is ``cancelled`` (with
+``wait`` the call returns only then). Runners outlive the service: on start,
+:meth:`RunService.start` adopts those still alive and settles those that ended
+meanwhile.
 
 Exec runs (``sts/<name>``, ``deploy/<name>``) go only into workloads the caller
 provisioned, and get a pod of their own unless the workload is ``shared``; one
@@ -22,6 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +48,7 @@ from controller.domain.models import JsonValue, Run, RunState, utcnow
 from controller.domain.naming import new_id, run_branch
 from controller.domain.params import apply_overrides
 from controller.domain.resources import ResourceRef, parse_resource
-from controller.executors import Executor, Handle, Launch, Outcome
+from controller.executors import EventExecutor, Executor, Handle, Launch, Outcome
 from controller.planning.runs import credential_env, run_result, runner_spec
 from controller.services.auth import Principal
 from controller.services.experiments import ExperimentService
@@ -80,6 +87,11 @@ ACTIVE_RUNS_RETRY_SECONDS = 30
 WAIT_ATTEMPTS = 5
 WAIT_RETRY_SECONDS = 1.0
 NOTE_MAX_CHARS = 2000
+# Kubernetes launches in parallel (each a few API calls, paced by the token bucket), and
+# the workers that stop runners and settle their ends.
+LAUNCH_WORKERS = 16
+RUN_WORKERS = 8
+RESTARTED_CANCEL = "cancelled (requested before the service restarted)"
 
 
 class RunService:
@@ -102,7 +114,10 @@ class RunService:
         # in parallel.
         self._run_locks: dict[str, threading.Lock] = {}
         self._run_locks_guard = threading.Lock()
-        self._cancelling: set[str] = set()
+        # Runs being cancelled, with the reason their record will carry.
+        self._cancelling: dict[str, str] = {}
+        self._launcher = ThreadPoolExecutor(LAUNCH_WORKERS, thread_name_prefix="mlexp-launch")
+        self._workers = ThreadPoolExecutor(RUN_WORKERS, thread_name_prefix="mlexp-run")
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
         pods = executors.get("exec")
@@ -126,11 +141,15 @@ class RunService:
         self._stopping.set()
         for executor in self.executors.values():
             executor.close()
+        self._launcher.shutdown(wait=False, cancel_futures=True)
+        self._workers.shutdown(wait=False, cancel_futures=True)
         if self._dispatcher is not None:
             self._dispatcher.join(timeout=5)
 
     def reconcile(self) -> None:
-        for run in reversed(self.store.list_runs(states=[RunState.RUNNING], limit=100_000)):
+        started = time.monotonic()
+        running = self.store.list_runs(states=[RunState.RUNNING], limit=100_000)
+        for run in reversed(running):
             try:
                 self._adopt(run)
             except Exception as exc:
@@ -138,8 +157,17 @@ class RunService:
                 detail = exc.detail if isinstance(exc, MlexpError) else type(exc).__name__
                 reason = f"could not re-attach: {detail}"
                 self._finish(run.run_id, Outcome("failed", reason=reason), check_publication=True)
-        for run in reversed(self.store.list_runs(states=[RunState.QUEUED], limit=100_000)):
+        queued = self.store.list_runs(states=[RunState.QUEUED], limit=100_000)
+        for run in reversed(queued):
             self._enqueue(run)
+        log.info(
+            "runs reconciled",
+            extra={
+                "running": len(running),
+                "queued": len(queued),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
 
     def _adopt(self, run: Run) -> None:
         executor = self._executor_for(run)
@@ -147,7 +175,7 @@ class RunService:
         if handle is None and run.resource == "job":
             # Launched, but the service stopped before recording it: launching again
             # finds the Job by its name and adopts it.
-            self._spawn(self._launch, run.run_id, False)
+            self._submit(self._launcher, self._launch, run.run_id, False)
             return
         if handle is None and run.resource == "local":
             # A local runner waits for its start signal until its handle is recorded: with
@@ -168,6 +196,9 @@ class RunService:
             local = run.resource == "local"
             # Adopted local runs count against the limit when a slot is free; they run anyway.
             self._spawn_follower(run.run_id, handle, local and self._slots.acquire(blocking=False))
+            if run.cancel_requested:  # asked for before the restart: ask again
+                self._cancelling.setdefault(run.run_id, RESTARTED_CANCEL)
+                self._submit(self._workers, self._stop_runner, run.run_id, False)
             return
         try:
             outcome = executor.outcome(handle)
@@ -209,9 +240,20 @@ class RunService:
         if request.idempotency_key is not None:
             answer = (principal.name, request.idempotency_key, 202, run.model_dump_json().encode())
         self._admit(principal, run, answer)
-        self.note(
-            run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
-        )
+        queued = f"run queued: experiment {experiment.experiment_id}, resource {resource}"
+        # note()'s line in three system calls (open, write, close) where note() makes ten
+        # (mkdir, stat, open, fstat, ioctl, lseek x3, write, close): on this path each one
+        # hands the GIL over under load, a fifth of a submission's cost (bench/api_floor.py).
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        try:
+            fd = os.open(self.log_path(run.run_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # no logs dir (removed meanwhile?): note() makes it
+            self.note(run.run_id, queued)
+        else:
+            try:
+                os.write(fd, f"[mlexp {stamp}] {queued}\n".encode())
+            finally:
+                os.close(fd)
         log.info(
             "run queued", extra={"run_id": run.run_id, "experiment_id": experiment.experiment_id}
         )
@@ -269,10 +311,18 @@ class RunService:
             self._queue.put(run.run_id)
         else:
             # Kubernetes schedules these; the local concurrency limit is not theirs.
-            self._spawn(self._launch, run.run_id, False)
+            self._submit(self._launcher, self._launch, run.run_id, False)
 
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        threading.Thread(target=target, args=args, daemon=True, name=f"mlexp-{args[0]}").start()
+    def _submit(self, pool: ThreadPoolExecutor, target: Callable[..., None], *args: object) -> None:
+        def task() -> None:
+            try:
+                target(*args)
+            except Exception:
+                log.exception("run task failed", extra={"run_id": args[0], "task": target.__name__})
+
+        if not self._stopping.is_set():
+            with contextlib.suppress(RuntimeError):  # shut down: the service is stopping
+                pool.submit(task)
 
     def get(self, principal: Principal, run_id: str) -> Run:
         run = self.store.get_run(run_id)
@@ -294,8 +344,10 @@ class RunService:
             experiment_id=experiment_id, states=states, owner=owner, limit=limit, offset=offset
         )
 
-    def cancel(self, principal: Principal, run_id: str) -> Run:
-        """Stop a run; returns once its runner and everything it started are gone."""
+    def cancel(self, principal: Principal, run_id: str, *, wait: bool = False) -> Run:
+        """Stop a run. A queued run is cancelled at once; a running one is marked
+        ``cancel_requested`` and its runner told to stop, and the answer comes without
+        waiting for it to be gone (with ``wait``: once it and everything it started are)."""
         run = self.get(principal, run_id)
         if run.state.terminal:
             raise Conflict(f"run {run_id!r} has already {run.state.value}")
@@ -308,22 +360,66 @@ class RunService:
             if self._placement is not None:
                 self._placement.withdraw(run_id)  # it may have been waiting for a pod
             return cancelled
-        self._cancelling.add(run_id)
+        first = run_id not in self._cancelling
+        self._cancelling.setdefault(run_id, reason)
+        marked = self.store.request_cancel(run_id)
+        if first:
+            self.note(run_id, f"cancel requested by {principal.name}")
+        if wait:
+            self._stop_runner(run_id, True)
+            return self.get(principal, run_id)
+        if first:
+            self._submit(self._workers, self._stop_runner, run_id, False)
+        return marked if marked is not None else self.get(principal, run_id)
+
+    def _stop_runner(self, run_id: str, wait: bool) -> None:
+        """Stop a run's runner; record it cancelled once it is gone.
+
+        Runs of an :class:`EventExecutor` (Jobs), without ``wait``, are only told to stop:
+        their end comes through ``follow`` and is recorded as the cancel (:meth:`_settle`).
+        """
+        with self._run_lock(run_id):  # a launch in progress finishes (and records) first
+            handle = self.store.get_handle(run_id)
+        run = self.store.get_run(run_id)
+        if run is None or run.state.terminal:
+            self._cancelling.pop(run_id, None)
+            return
+        executor = self._executor_for(run)
+        if handle is None:
+            self._record_cancel(run_id, None, None)
+            return
+        if not wait and isinstance(executor, EventExecutor):
+            if not executor.stop(handle):  # already gone: no end will come to settle it
+                self._record_cancel(run_id, executor, handle)
+            return
         try:
-            with self._run_lock(run_id):
-                handle = self.store.get_handle(run_id)
-            executor = self._executor_for(run)
-            if handle is not None and not executor.cancel(handle):
-                raise ExternalError(f"run {run_id!r} could not be stopped; it may still be running")
-            if self.store.transition(run_id, RunState.CANCELLED, reason=reason) is not None:
-                self.note(run_id, reason)
-                log.info("run cancelled", extra={"run_id": run_id, "by": principal.name})
-                # Its follower left the work dir to us: now nothing of the run can write there.
-                if handle is not None:
-                    self._cleanup(executor, handle)
-        finally:
-            self._cancelling.discard(run_id)
-        return self.get(principal, run_id)
+            stopped = executor.cancel(handle)
+        except Exception:
+            self._cancelling.pop(run_id, None)
+            raise
+        if not stopped:
+            self._cancelling.pop(run_id, None)
+            message = f"run {run_id!r} could not be stopped; it may still be running"
+            self.note(run_id, message)
+            raise ExternalError(message)
+        self._record_cancel(run_id, executor, handle)
+
+    def _record_cancel(self, run_id: str, executor: Executor | None, handle: Handle | None) -> None:
+        reason = self._cancelling.pop(run_id, None) or RESTARTED_CANCEL
+        if self.store.transition(run_id, RunState.CANCELLED, reason=reason) is not None:
+            self.note(run_id, reason)
+            log.info("run cancelled", extra={"run_id": run_id, "reason": reason})
+            # Its follower left the work dir to us: now nothing of the run can write there.
+            if executor is not None and handle is not None:
+                self._cleanup(executor, handle)
+
+    def want_log(self, run_id: str) -> None:
+        """Someone follows the run's log: the executor saves it as it is written, first."""
+        handle = self.store.get_handle(run_id)
+        if handle is not None:
+            executor = self.executors.get(str(handle.get("kind")))
+            if isinstance(executor, EventExecutor):
+                executor.want_log(handle)
 
     def _run_lock(self, run_id: str) -> threading.Lock:
         with self._run_locks_guard:
@@ -479,28 +575,49 @@ class RunService:
             self.note(run_id, f"waiting: {reason}")
 
     def _spawn_follower(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
+        executor = self.executors[str(handle["kind"])]
+        if isinstance(executor, EventExecutor):
+            executor.follow(
+                handle, lambda outcome: self._settle(run_id, executor, handle, holds_slot, outcome)
+            )
+            return
         thread = threading.Thread(
             target=self._follow,
-            args=(run_id, handle, holds_slot),
+            args=(run_id, executor, handle, holds_slot),
             name=f"mlexp-{run_id}",
             daemon=True,
         )
         thread.start()
 
-    def _follow(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
-        executor = self.executors[str(handle["kind"])]
+    def _follow(self, run_id: str, executor: Executor, handle: Handle, holds_slot: bool) -> None:
+        try:
+            outcome = self._wait(run_id, executor, handle)
+        except Exception:  # a bug or the disk: the run must end all the same
+            log.exception("following run failed", extra={"run_id": run_id})
+            outcome = Outcome("failed", reason="the service lost track of the runner")
+        self._settle(run_id, executor, handle, holds_slot, outcome)
+
+    def _settle(
+        self,
+        run_id: str,
+        executor: Executor,
+        handle: Handle,
+        holds_slot: bool,
+        outcome: Outcome | None,
+    ) -> None:
+        """The runner has ended (None: the service stops first): record how, and free its
+        slot and pod."""
         settled = False
         try:
-            try:
-                outcome = self._wait(run_id, executor, handle)
-            except Exception:  # a bug or the disk: the run must end all the same
-                log.exception("following run failed", extra={"run_id": run_id})
-                outcome = Outcome("failed", reason="the service lost track of the runner")
             if outcome is None or self._stopping.is_set():
                 return  # the service is stopping: the next start settles this run
-            # A run being cancelled is settled (and cleaned up) by cancel(), once its
-            # processes are gone; unless it succeeded first.
-            if run_id not in self._cancelling or outcome.state == "succeeded":
+            if run_id in self._cancelling and outcome.state != "succeeded":
+                # A run being cancelled is recorded so once its processes are gone: for a
+                # Job, that is this end; for the others, cancel() waits for their group.
+                if isinstance(executor, EventExecutor):
+                    self._record_cancel(run_id, None, None)
+                    settled = True
+            else:
                 self._finish(run_id, outcome, check_publication=True)
                 settled = True
         finally:
@@ -560,8 +677,7 @@ class RunService:
             self._placement.vacate(run_id)
 
     def _wake(self, run_id: str) -> None:
-        if not self._stopping.is_set():
-            self._spawn(self._launch, run_id, False)
+        self._submit(self._launcher, self._launch, run_id, False)
 
     def _finish(self, run_id: str, outcome: Outcome, *, check_publication: bool = False) -> None:
         """Record how a run ended; never raises (followers and start-up call it).

@@ -1,10 +1,12 @@
 """Pods on kwok nodes: a StatefulSet's pod runs and is Ready; `exec` into it runs the command
-on this host in the pod's work dir and reports stdout and the exit code; its logs are served
-from the file the harness maps to the container.
+on this host in the pod's work dir and reports stdout and the exit code; a streamed exec
+(`KubeApi.exec_stream`) delivers output while the command runs; its logs are served from the
+file the harness maps to the container.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +15,8 @@ from kubernetes import client
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
 
+from controller.adapters.kube import KubeApi
+from controller.domain.errors import ExternalError
 from tests.support.cluster import Cluster
 from tests.support.waiting import wait_for
 
@@ -150,3 +154,34 @@ def test_pod_logs_come_from_the_containers_log_file(
 
     assert logs == "epoch 1 loss=0.9\nepoch 2 loss=0.4\n"
     assert tail == "epoch 2 loss=0.4\n"
+
+
+def test_exec_stream_yields_output_as_it_comes_and_fails_on_a_non_zero_exit(
+    k8s_cluster: Cluster, namespace: str, ready_pod: str
+) -> None:
+    kube = KubeApi(kubeconfig=k8s_cluster.kubeconfig)
+    try:
+        started = time.monotonic()
+        seen: list[tuple[float, str]] = []
+        script = "head -c 5; echo; sleep 2; echo two"
+        for chunk in kube.exec_stream(
+            namespace, ready_pod, ["sh", "-c", script], stdin=b"hello, and more"
+        ):
+            if chunk:
+                seen.append((time.monotonic() - started, chunk))
+        assert "".join(chunk for _, chunk in seen) == "hello\ntwo\n"
+        # stdin's first 5 bytes (although stdin stays open), while the command still ran
+        early = "".join(chunk for at, chunk in seen if at < seen[-1][0] - 1.5)
+        assert early == "hello\n"
+
+        with pytest.raises(ExternalError, match="exit 3: oops"):
+            for _ in kube.exec_stream(namespace, ready_pod, ["sh", "-c", "echo oops >&2; exit 3"]):
+                pass
+
+        # Closing the stream early closes the session.
+        stream = kube.exec_stream(namespace, ready_pod, ["sh", "-c", "echo x; sleep 30"])
+        assert next(s for s in stream if s) == "x\n"
+        stream.close()  # type: ignore[attr-defined]
+        assert kube.call_count()["exec"] == 3  # a stream is one call, however long
+    finally:
+        kube.close()

@@ -10,11 +10,14 @@ commands on this host, so a stage can leave its pid where the test reads it):
 - ``shared: false`` (the default): two runs on a one-pod StatefulSet never overlap; the
   second waits, queued, until the first has ended, also across a service restart;
 - ``shared: true``: two runs overlap in one pod; cancelling one kills its whole process
-  group and nothing of the other, which goes on to succeed.
+  group and nothing of the other, which goes on to succeed;
+- a run is followed over the one exec session that launched it: its log arrives while it
+  runs, and no exec call is made until its clean-up.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -313,7 +316,7 @@ def test_runs_share_a_shared_pod_and_cancel_stops_only_its_own(
     assert alive(doomed_stage)
     assert alive(kept_stage)
 
-    response = service.http.post(f"/runs/{doomed}/cancel")
+    response = service.http.post(f"/runs/{doomed}/cancel", params={"wait": "true"})
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
     # Cancel answers once the run's process group is gone: its stage too, not just the runner.
@@ -325,3 +328,40 @@ def test_runs_share_a_shared_pod_and_cancel_stops_only_its_own(
     done = service.wait_run(kept, timeout=240)
     assert done["state"] == "succeeded", log_of(service, kept)
     assert service.http.get(f"/runs/{doomed}").json()["state"] == "cancelled"
+
+
+def test_an_exec_run_is_followed_over_one_stream(
+    service: RunningService,
+    namespace: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    """Its log arrives while it runs and its end is seen at once, with no exec calls in
+    between: a launch, then the stream, then the clean-up."""
+    experiment = create(
+        service.http,
+        small_parts(HELD_DVC, held_params(tmp_path), remote_repo(git_server, s3_server)),
+    )
+    spec = {"kind": "StatefulSet", "name": "solo", "namespace": namespace,
+            "experiment_id": experiment["experiment_id"]}  # fmt: skip
+    provision_ready(service.http, spec)
+
+    def exec_calls() -> int:
+        return int(service.http.get("/healthz").json()["kubernetes_api_calls"].get("exec", 0))
+
+    before = exec_calls()
+    gate, pidfile = tmp_path / "gate", tmp_path / "pid"
+    run_id = run_on(service, experiment["experiment_id"], "sts/solo", namespace,
+                    params={"gate": str(gate), "pidfile": str(pidfile)})  # fmt: skip
+    wait_for_stage(service.http, run_id)  # the runner's log, copied while it runs
+    assert exec_calls() - before == 1  # the launch, whose session follows the runner
+    time.sleep(4)  # polling every exec.poll_seconds would show here
+    assert exec_calls() - before == 1
+    gate.touch()
+    stage = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 30, what="pid"))
+    done = service.wait_run(run_id, timeout=240)
+    assert done["state"] == "succeeded", log_of(service, run_id)
+    assert not alive(stage)
+    assert "succeeded: runs/" in log_of(service, run_id)  # the runner's last line
+    wait_for(lambda: exec_calls() - before == 2, 30, what="the clean-up's exec")

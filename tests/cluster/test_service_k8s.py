@@ -12,6 +12,7 @@ that ends with exactly one Job. Job pods are run on this host by JobDriver.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from controller.executors.kube_job import ENDING_WORKERS
+from controller.services.runs import LAUNCH_WORKERS, RUN_WORKERS
 from controller.settings import EgressSettings, Settings
 from tests.support.bundles import (
     FAILING_DVC,
@@ -41,6 +44,8 @@ from tests.support.service import RunningService, service_in_thread
 from tests.support.waiting import wait_for
 
 TOKEN = "tok-0123456789abcdef"  # the session git server's password (tests/conftest.py)
+SERVICE_THREADS = ("mlexp-launch", "mlexp-run", "mlexp-log", "mlexp-job-end", "mlexp-watch-",
+                   "mlexp-dispatch")  # fmt: skip
 
 
 @pytest.fixture
@@ -258,9 +263,18 @@ def test_job_deadline_and_cancel(
         60,
         what="the Job",
     )
+    # Answered at once; the run is cancelled when the watch sees its Job gone.
     response = service.http.post(f"/runs/{held}/cancel")
-    assert response.status_code == 200, response.text
-    assert response.json()["state"] == "cancelled"
+    assert response.status_code == 202, response.text
+    assert response.json()["cancel_requested"] is True
+    assert response.json()["state"] in ("running", "cancelled")
+    assert service.http.post(f"/runs/{held}/cancel").status_code in (202, 409)  # asked twice
+    done = wait_for(
+        lambda: (r := service.http.get(f"/runs/{held}").json())["state"] == "cancelled" and r,
+        60,
+        what="the cancel to be confirmed",
+    )
+    assert done["reason"] == "cancelled by local"
     assert (
         batch.list_namespaced_job(namespace, label_selector=f"mlexp.io/run-id={held}").items == []
     )
@@ -352,7 +366,7 @@ def test_cancel_an_exec_run(
     provision_ready(service.http, spec)
     run_id = run_on(service, experiment["experiment_id"], "deploy/pool", namespace)
     wait_for_stage(service.http, run_id)
-    response = service.http.post(f"/runs/{run_id}/cancel")
+    response = service.http.post(f"/runs/{run_id}/cancel", params={"wait": "true"})
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
 
@@ -382,7 +396,8 @@ def test_a_stuck_job_run_says_why(
         assert stuck["state"] == "running"
         assert "Insufficient cpu" in str(stuck["reason"])
         assert "waiting: Unschedulable" in service.http.get(f"/runs/{run_id}/logs").text
-        assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"
+        cancelled = service.http.post(f"/runs/{run_id}/cancel", params={"wait": "true"})
+        assert cancelled.json()["state"] == "cancelled"
 
 
 def test_a_job_runs_log_follows_the_pod_while_it_runs(
@@ -404,7 +419,8 @@ def test_a_job_runs_log_follows_the_pod_while_it_runs(
                 break
     assert "log of pod mlexp-" in seen
     assert service.http.get(f"/runs/{run_id}").json()["state"] == "running"
-    assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"
+    cancelled = service.http.post(f"/runs/{run_id}/cancel", params={"wait": "true"})
+    assert cancelled.json()["state"] == "cancelled"
 
 
 def test_restart_mid_exec_run_reattaches(
@@ -433,3 +449,87 @@ def test_restart_mid_exec_run_reattaches(
     assert final["state"] == "succeeded", log
     assert "re-attached" in log
     assert log.count("step 4: dvc repro") == 1  # the runner's log is not copied twice
+
+
+def test_job_runs_in_flight_take_no_thread_each_and_cancel_together(
+    service: RunningService,
+    driver: JobDriver,
+    namespace: str,
+    k8s_api: client.ApiClient,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+) -> None:
+    """Thirty held Job runs: the service's threads do not grow with them (watches and fixed
+    pools follow them), and thirty cancels answered at once end with every run cancelled
+    and no Job left."""
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    experiment = create(
+        service.http, small_parts(QUICK_DVC, repo_json=remote_repo(git_server, s3_server))
+    )
+    driver.hold_all = True
+    first = run_on(service, experiment["experiment_id"], "job", namespace)
+    wait_for(lambda: "run started on" in service.http.get(f"/runs/{first}/logs").text, 60,
+             what="the first run to start")  # fmt: skip
+    threads_with_one = threading.active_count()
+    run_ids = [first] + [run_on(service, experiment["experiment_id"], "job", namespace)
+                         for _ in range(29)]  # fmt: skip
+
+    def running_pods() -> int:
+        pods = core.list_namespaced_pod(namespace, label_selector="mlexp.io/run-id").items
+        return sum(1 for pod in pods if pod.status.phase == "Running")
+
+    wait_for(lambda: running_pods() >= 30, 120, what="30 run pods Running")
+    wait_for(
+        lambda: all("run started on" in service.http.get(f"/runs/{r}/logs").text for r in run_ids),
+        60,
+        what="every run started",
+    )
+    names = [thread.name for thread in threading.enumerate()]
+    assert not [n for n in names if any(run_id in n for run_id in run_ids)], names
+    # The service's threads are its watches and fixed pools, which may have grown to their
+    # size meanwhile; nothing per run.
+    ours = [n for n in names if n.startswith("mlexp-")]
+    assert all(n.startswith(SERVICE_THREADS) for n in ours), ours
+    pools = LAUNCH_WORKERS + RUN_WORKERS + ENDING_WORKERS + 8  # 8: jobs.log_followers
+    assert threading.active_count() - threads_with_one <= pools, names
+
+    answers = [service.http.post(f"/runs/{run_id}/cancel") for run_id in run_ids]
+    assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+    assert all(a.json()["cancel_requested"] for a in answers)
+
+    def states() -> set[str]:
+        return {service.http.get(f"/runs/{r}").json()["state"] for r in run_ids}
+
+    wait_for(lambda: states() == {"cancelled"}, 120, what="every run cancelled")
+    assert batch.list_namespaced_job(namespace, label_selector="mlexp.io/run-id").items == []
+
+
+def test_pod_logs_beyond_the_log_followers_are_saved_when_their_job_ends(
+    k8s_settings: Settings,
+    k8s_cluster: Cluster,
+    k8s_api: client.ApiClient,
+    namespace: str,
+    git_server: GitHttpServer,
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    """With one log follower, three Job runs at once: the pods it cannot follow have their
+    log read once their Job has ended, so every run's log holds its pod's output."""
+    config = yaml.safe_load(k8s_settings.k8s_config_file.read_text())
+    config["jobs"]["log_followers"] = 1
+    k8s_settings.k8s_config_file.write_text(yaml.safe_dump(config))
+    with (
+        service_in_thread(k8s_settings) as service,
+        JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods"),
+    ):
+        experiment = create(
+            service.http, small_parts(QUICK_DVC, repo_json=remote_repo(git_server, s3_server))
+        )
+        run_ids = [run_on(service, experiment["experiment_id"], "job", namespace)
+                   for _ in range(3)]  # fmt: skip
+        for run_id in run_ids:
+            done = service.wait_run(run_id, timeout=240)
+            log = service.http.get(f"/runs/{run_id}/logs").text
+            assert done["state"] == "succeeded", log
+            assert "log of pod mlexp-" in log
+            assert "step 4: dvc repro" in log

@@ -20,7 +20,7 @@ CONTRACT = {
     ("/experiment/run", "post"): "202",
     ("/runs/{run_id}", "get"): "200",
     ("/runs/{run_id}/logs", "get"): "200",
-    ("/runs/{run_id}/cancel", "post"): "200",
+    ("/runs/{run_id}/cancel", "post"): "202",
     ("/runs", "get"): "200",
     ("/experiments", "get"): "200",
     ("/experiments/{experiment_id}", "get"): "200",

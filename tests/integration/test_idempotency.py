@@ -82,7 +82,9 @@ def create(
 
 def cancel_all(service: RunningService, who: str) -> None:
     for run_id in runs(service, who):
-        response = service.http.post(f"/runs/{run_id}/cancel", headers=auth(who))
+        response = service.http.post(
+            f"/runs/{run_id}/cancel", headers=auth(who), params={"wait": "true"}
+        )
         assert response.status_code in (200, 409), response.text
 
 

@@ -85,7 +85,9 @@ class Runs:
         return response
 
     def cancel(self, who: str, run_id: str) -> None:
-        response = self.http.post(f"/runs/{run_id}/cancel", headers=auth(who))
+        response = self.http.post(
+            f"/runs/{run_id}/cancel", headers=auth(who), params={"wait": "true"}
+        )
         assert response.status_code in (200, 409), response.text
 
     def cancel_all(self) -> None:

@@ -99,7 +99,8 @@ def test_work_dirs_are_removed_after_success_failure_and_cancel(service: Running
     sleepy = create(service.http, small_parts(SLEEPY_DVC))
     cancelled = start(service.http, sleepy["experiment_id"])
     wait_for(lambda: (work / cancelled / "repo" / "started").exists(), 120, what="the stage")
-    assert service.http.post(f"/runs/{cancelled}/cancel").json()["state"] == "cancelled"
+    stopped = service.http.post(f"/runs/{cancelled}/cancel", params={"wait": "true"})
+    assert stopped.json()["state"] == "cancelled"
     _gone(work / cancelled, "a cancelled run")
     # The runner ended on SIGTERM the way it ends a failed step: its log says so.
     assert "the runner was stopped (SIGTERM)" in service.http.get(f"/runs/{cancelled}/logs").text

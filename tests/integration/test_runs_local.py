@@ -94,11 +94,38 @@ def test_cancel_stops_the_whole_process_tree(service: RunningService) -> None:
     stage_pids = _pids_with_cwd(workdir / "repo")
     assert stage_pids, "the stage's process should be visible"
 
-    response = service.http.post(f"/runs/{run_id}/cancel")
+    response = service.http.post(f"/runs/{run_id}/cancel", params={"wait": "true"})
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
+    assert response.json()["cancel_requested"] is True
     assert not any(Path(f"/proc/{pid}").exists() and _not_zombie(pid) for pid in stage_pids)
     assert service.http.post(f"/runs/{run_id}/cancel").status_code == 409
+
+
+def test_cancel_answers_at_once_and_the_run_is_cancelled_when_its_tree_is_gone(
+    service: RunningService,
+) -> None:
+    experiment = create(service.http, small_parts(SLEEPY_DVC))
+    run_id = start(service.http, experiment["experiment_id"])
+    workdir = service.settings.work_dir / run_id
+    wait_for(lambda: (workdir / "repo" / "started").exists(), 120, what="the stage to start")
+    stage_pids = _pids_with_cwd(workdir / "repo")
+    assert stage_pids, "the stage's process should be visible"
+
+    response = service.http.post(f"/runs/{run_id}/cancel")
+    assert response.status_code == 202, response.text
+    assert response.json()["cancel_requested"] is True
+    again = service.http.post(f"/runs/{run_id}/cancel")
+    assert again.status_code in (202, 409), again.text
+    done = wait_for(
+        lambda: (r := service.http.get(f"/runs/{run_id}").json())["state"] == "cancelled" and r,
+        60,
+        what="the run to be cancelled",
+    )
+    assert done["reason"] == "cancelled by local"
+    assert not any(Path(f"/proc/{pid}").exists() and _not_zombie(pid) for pid in stage_pids)
+    log = service.http.get(f"/runs/{run_id}/logs").text
+    assert log.count("cancel requested by local") == 1
 
 
 def test_follow_streams_until_the_run_ends(service: RunningService) -> None:
@@ -127,7 +154,8 @@ def test_queue_respects_the_concurrency_limit(service: RunningService) -> None:
     listed = service.http.get("/runs", params={"experiment_id": experiment["experiment_id"]}).json()
     assert {r["run_id"] for r in listed} == set(run_ids)
     for run_id in run_ids:
-        assert service.http.post(f"/runs/{run_id}/cancel").json()["state"] == "cancelled"
+        cancelled = service.http.post(f"/runs/{run_id}/cancel", params={"wait": "true"})
+        assert cancelled.json()["state"] == "cancelled"
 
 
 def _pids_with_cwd(directory: Path) -> list[int]:

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.support.cluster import MANUAL_DRIVE, Cluster, cri_log_line, finished_pod_status
 
 RUN_LABEL = "mlexp.io/run-id"
+CONFIGMAP_WAIT_SECONDS = 30.0
 
 
 class JobDriver:
@@ -115,11 +117,26 @@ class JobDriver:
             target.mkdir(parents=True, exist_ok=True)
             source = volumes[mount.name].config_map
             if source is not None:
-                data = self.core.read_namespaced_config_map(source.name, self.namespace).data
+                data = self._config_map(source.name)
                 for key, text in (data or {}).items():
                     (target / key).write_text(text)
             mounts[mount.mount_path] = target
         return mounts
+
+    def _config_map(self, name: str) -> dict[str, str] | None:
+        """A ConfigMap volume's data; as a kubelet does, wait for one that does not exist yet
+        (the service creates a run's ConfigMap just after its Job)."""
+        deadline = time.monotonic() + CONFIGMAP_WAIT_SECONDS
+        while True:
+            try:
+                data: dict[str, str] | None = self.core.read_namespaced_config_map(
+                    name, self.namespace
+                ).data
+                return data
+            except ApiException as exc:
+                if exc.status != 404 or time.monotonic() > deadline or self._stop.is_set():
+                    raise
+            time.sleep(0.2)
 
     def _drive(self, pod: Any) -> None:
         try:
