@@ -42,6 +42,9 @@ container log once Running, as a kubelet would give them, so following their log
    how long until every run was ``cancelled``. Cancelling stops at ``--cancel-budget``
    seconds and the remaining Jobs and the namespace are deleted instead; the output says
    which happened. The fake nodes hold 600 pods each (scripts/k8s/kwok-stages.yaml).
+5. The floor (``--no-floor`` leaves it out): the burst's Jobs and ConfigMaps created
+   straight from the benchmark with as many threads as the service's launch pool, in an
+   empty namespace: how fast this control plane takes them, to hold the burst against.
 
 Progress goes to stderr, the figures to stdout. Needs Go (first build of the cluster
 binaries, cached after) and openssl, like the cluster test tier. About 6 to 8 minutes
@@ -81,6 +84,8 @@ from common import REPO_ROOT, median, percentile
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from controller.domain.naming import new_id
+from controller.planning import manifests as m
 from tests.support.bundles import QUICK_DVC, small_parts
 from tests.support.cluster import MANUAL_DRIVE, Cluster, build_binaries
 from tests.support.gitserver import GitHttpServer
@@ -1080,6 +1085,53 @@ def hot_frames(path: Path, top: int = 10) -> str:
     return f"{total} samples; " + "; ".join(parts)
 
 
+def floor(bench: Bench, namespace: str) -> None:
+    """The control plane's own pace: the same Job + ConfigMap creates the service makes for
+    ``--concurrent`` runs, made straight from this process with ``--submit-threads`` x 2
+    threads (as many as the service's launch pool), in an empty namespace."""
+    args = bench.args
+    c = args.concurrent
+    threads = args.submit_threads * 2
+    figure(f"== the floor: {c} Jobs and their ConfigMaps created directly ({threads} threads) ==")
+    make_namespace(bench.core, namespace)
+    runner_source = (REPO_ROOT / "controller" / "runner.py").read_text()
+    batch, core = bench.batch, bench.core
+
+    def create(_: httpx.Client, item: str) -> float:
+        run_id = new_id("run")
+        job = m.run_job(
+            run_id=run_id, experiment_id="exp_floor", namespace=namespace,
+            image="mlexp/workload:bench", image_pull_policy="IfNotPresent", secret_name=None,
+            pull_secret_name=None, configmap_name=m.run_configmap_name(run_id), resources=None,
+            service_account=None, backoff_limit=0, active_deadline_seconds=600,
+            ttl_seconds_after_finished=None, node_selector={}, tolerations=(),
+            pod_labels=dict(MANUAL_DRIVE),
+        )  # fmt: skip
+        started = time.monotonic()
+        created = json.loads(
+            batch.create_namespaced_job(namespace, body=job, _preload_content=False).data
+        )
+        took = time.monotonic() - started
+        owner = m.owner_reference(api_version="batch/v1", kind="Job", name=m.run_job_name(run_id),
+                                  uid=created["metadata"]["uid"])  # fmt: skip
+        configmap = m.runner_configmap(
+            run_id=run_id, experiment_id="exp_floor", namespace=namespace,
+            runner_source=runner_source, spec={"run_id": run_id}, owner_references=(owner,),
+        )  # fmt: skip
+        core.create_namespaced_config_map(namespace, body=configmap, _preload_content=False)
+        return took
+
+    started = time.monotonic()
+    took = fan_out("http://unused", [str(i) for i in range(c)], threads, create)
+    wall = time.monotonic() - started
+    figure(
+        f"  {c} Jobs (+ ConfigMaps) created in {wall:.1f} s = {c / wall:.1f} Jobs/s; "
+        f"Job create answered {spread(list(took.values()))}"
+    )
+    with contextlib.suppress(ApiException, WaitTimeout):
+        drop_namespaces(bench.api, [namespace], args.load_timeout)
+
+
 def _stop_children(bench: Bench) -> None:
     """Services the benchmark started again after killing them."""
     for child, log in bench.children:
@@ -1144,6 +1196,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "with an error)",
     )
     add("--log-level", default="INFO", help="the service's MLEXP_LOG_LEVEL")
+    add("--floor", action=argparse.BooleanOptionalAction, default=True,
+        help="last, create the burst's Jobs directly, for the control plane's pace")  # fmt: skip
     add("--profile", type=Path, help="sample the burst and the restart with py-spy, into DIR")
     add("--keep", type=Path, help="work in this (new) directory and keep it: logs, cluster state")
     return parser.parse_args(argv)
@@ -1223,6 +1277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             growth(bench, f"bench-{tag}-growth")
             load(bench, load_ns)
+            if args.floor:
+                floor(bench, f"bench-{tag}-floor")
         finally:
             with contextlib.suppress(ApiException, WaitTimeout):
                 drop_namespaces(bench.api, [load_ns], 180)

@@ -311,16 +311,6 @@ class KubeApi:
             return False
         return True
 
-    def delete_all(self, kind: str, namespace: str, selector: str) -> None:
-        """Delete every object of ``kind`` matching a label selector (one call)."""
-        self._request(
-            "write",
-            f"delete {kind}s {selector} in {namespace}",
-            "DELETE",
-            self._path(kind, namespace),
-            query={"labelSelector": selector},
-        )
-
     def events_for(self, namespace: str, kind: str, name: str) -> list[Obj]:
         result = self._json(
             "read",

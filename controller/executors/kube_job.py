@@ -326,7 +326,8 @@ class JobExecutor:
         # the end comes once the Job is gone and each of its pods is gone or stopping
         # (JobTracker), without the round trips of a foreground deletion.
         if self.kube.delete("Job", namespace, name, foreground=False):
-            self.kube.delete_all("Pod", namespace, f"job-name={name}")
+            for pod in self.tracker.pods_of(namespace, name):  # by name: no listing
+                self.kube.delete("Pod", namespace, pod, foreground=False)
             return True
         self.tracker.forget_job(namespace, name)
         return False

@@ -240,20 +240,9 @@ class RunService:
         if request.idempotency_key is not None:
             answer = (principal.name, request.idempotency_key, 202, run.model_dump_json().encode())
         self._admit(principal, run, answer)
-        queued = f"run queued: experiment {experiment.experiment_id}, resource {resource}"
-        # note()'s line in three system calls (open, write, close) where note() makes ten
-        # (mkdir, stat, open, fstat, ioctl, lseek x3, write, close): on this path each one
-        # hands the GIL over under load, a fifth of a submission's cost (bench/api_floor.py).
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        try:
-            fd = os.open(self.log_path(run.run_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # no logs dir (removed meanwhile?): note() makes it
-            self.note(run.run_id, queued)
-        else:
-            try:
-                os.write(fd, f"[mlexp {stamp}] {queued}\n".encode())
-            finally:
-                os.close(fd)
+        self.note(
+            run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
+        )
         log.info(
             "run queued", extra={"run_id": run.run_id, "experiment_id": experiment.experiment_id}
         )
@@ -433,14 +422,25 @@ class RunService:
         return self.settings.logs_dir / f"{run_id}.log"
 
     def note(self, run_id: str, message: str) -> None:
-        """A line of the service's own in the run's log, beside the runner's output."""
+        """A line of the service's own in the run's log, beside the runner's output.
+
+        Three system calls (open, write, close): on the submission path each one hands
+        the GIL over under load, and a buffered file makes ten (bench/api_floor.py).
+        """
         path = self.log_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         if len(message) > NOTE_MAX_CHARS:  # reasons may quote a runner's (untrusted) words
             message = message[:NOTE_MAX_CHARS] + " …"
-        with path.open("a") as out:
-            out.write(f"[mlexp {stamp}] {message}\n")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:  # the logs dir is made at start; removed meanwhile?
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o666)
+        try:
+            os.write(fd, f"[mlexp {stamp}] {message}\n".encode())
+        finally:
+            os.close(fd)
 
     # -- machinery ---------------------------------------------------------
 
