@@ -1025,9 +1025,8 @@ def restart(bench: Bench, service: Service, home: Path, namespace: str, run_ids:
     again = Service(child.pid, url, http, home / f"service-{port}.log")
     calls = again.calls()
     running = again.states(namespace_runs=run_ids).get("running", 0)
-    adopted = sum(
-        1 for line in again.log.read_text(errors="replace").splitlines() if "run adopted" in line
-    )
+    lines = again.log.read_text(errors="replace").splitlines()
+    adopted = sum(1 for line in lines if "run adopted" in line)
     time.sleep(2)
     figure(
         f"restart with {len(run_ids)} Job runs in flight: answering again {answered:.2f} s after "
@@ -1036,7 +1035,7 @@ def restart(bench: Bench, service: Service, home: Path, namespace: str, run_ids:
     )
     figure(f"  Jobs in the namespace afterwards: {len(jobs.live)} for {len(run_ids)} runs "
            f"({max(0, len(jobs.live) - len(run_ids))} duplicates)")  # fmt: skip
-    for line in again.log.read_text(errors="replace").splitlines():
+    for line in lines:
         if '"runs reconciled"' in line:
             figure(f"  the service's own account: {line[:300]}")
     return again

@@ -197,8 +197,9 @@ class KubeApi:
         content_type: str = "application/json",
         stream: bool = False,
     ) -> Any:
-        """One REST call; an error answer raises (see :func:`problem`). A ``stream`` answer
-        is returned unread (the caller releases it); any other is read."""
+        """One REST call; an error answer raises (see :func:`problem`; 410 Gone on a stream raises
+        :class:`Gone`). A ``stream`` answer is returned unread (the caller releases it);
+        any other is read."""
         self.bucket.acquire()
         with self._calls_lock:
             self.calls[kind_of_call] += 1
@@ -223,7 +224,9 @@ class KubeApi:
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise ExternalError(f"{what}: {type(exc).__name__}") from exc
         if response.status >= 400:
-            error = problem(response.status, response.data, response.reason, what)
+            error: Exception = problem(response.status, response.data, response.reason, what)
+            if response.status == 410 and stream:  # a watch's resourceVersion is too old
+                error = Gone(f"{what}: {response.reason}")
             response.release_conn()
             raise error
         return response
@@ -330,25 +333,20 @@ class KubeApi:
         last resourceVersion it saw.
         """
         what = f"watch {kind} in {namespace}"
-        try:
-            response = self._request(
-                "watch",
-                what,
-                "GET",
-                self._path(kind, namespace),
-                query={
-                    "labelSelector": selector,
-                    "resourceVersion": resource_version,
-                    "timeoutSeconds": timeout,
-                    "allowWatchBookmarks": "true",
-                    "watch": "true",
-                },
-                stream=True,
-            )
-        except ExternalError as exc:
-            if "answered 410" in exc.detail:
-                raise Gone(exc.detail) from exc
-            raise
+        response = self._request(
+            "watch",
+            what,
+            "GET",
+            self._path(kind, namespace),
+            query={
+                "labelSelector": selector,
+                "resourceVersion": resource_version,
+                "timeoutSeconds": timeout,
+                "allowWatchBookmarks": "true",
+                "watch": "true",
+            },
+            stream=True,
+        )
         try:
             for line in _lines(response):
                 event = json.loads(line)
@@ -367,6 +365,45 @@ class KubeApi:
 
     # -- pods --------------------------------------------------------------
 
+    def _open_exec(
+        self,
+        what: str,
+        namespace: str,
+        pod: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        container: str | None,
+    ) -> tuple[Any, Any]:
+        """An exec session (one "exec" call) and the ApiClient it runs on; close both."""
+        kwargs: dict[str, Any] = {
+            "command": command,
+            "stdout": True,
+            "stderr": True,
+            "stdin": stdin,
+            "tty": False,
+            "_preload_content": False,
+        }
+        if container:
+            kwargs["container"] = container
+        # kubernetes.stream swaps the ApiClient's transport for a websocket while it runs:
+        # an ApiClient of its own keeps every other call (from other threads) on HTTP.
+        exec_client = client.ApiClient(self.api_client.configuration)
+        try:
+            session = self._call(
+                "exec",
+                what,
+                stream,
+                client.CoreV1Api(exec_client).connect_get_namespaced_pod_exec,
+                pod,
+                namespace,
+                **kwargs,
+            )
+        except BaseException:
+            exec_client.close()
+            raise
+        return session, exec_client
+
     def exec(
         self,
         namespace: str,
@@ -379,28 +416,8 @@ class KubeApi:
     ) -> ExecResult:
         """Run a command in a pod; its output and exit code (from the error channel)."""
         what = f"exec in pod {namespace}/{pod}"
-        kwargs: dict[str, Any] = {
-            "command": command,
-            "stdout": True,
-            "stderr": True,
-            "stdin": stdin is not None,
-            "tty": False,
-            "_preload_content": False,
-        }
-        if container:
-            kwargs["container"] = container
-        # kubernetes.stream swaps the ApiClient's transport for a websocket while it runs:
-        # an ApiClient of its own keeps every other call (from other threads) on HTTP.
-        exec_client = client.ApiClient(self.api_client.configuration)
-        exec_core = client.CoreV1Api(exec_client)
-        session = self._call(
-            "exec",
-            what,
-            stream,
-            exec_core.connect_get_namespaced_pod_exec,
-            pod,
-            namespace,
-            **kwargs,
+        session, exec_client = self._open_exec(
+            what, namespace, pod, command, stdin=stdin is not None, container=container
         )
         out: list[str] = []
         err: list[str] = []
@@ -440,30 +457,9 @@ class KubeApi:
         iterator closes the session. One ``exec`` call, however long it lasts.
         """
         what = f"exec in pod {namespace}/{pod}"
-        kwargs: dict[str, Any] = {
-            "command": command,
-            "stdout": True,
-            "stderr": True,
-            "stdin": stdin is not None,
-            "tty": False,
-            "_preload_content": False,
-        }
-        if container:
-            kwargs["container"] = container
-        exec_client = client.ApiClient(self.api_client.configuration)  # as in exec()
-        try:
-            session = self._call(
-                "exec",
-                what,
-                stream,
-                client.CoreV1Api(exec_client).connect_get_namespaced_pod_exec,
-                pod,
-                namespace,
-                **kwargs,
-            )
-        except BaseException:
-            exec_client.close()
-            raise
+        session, exec_client = self._open_exec(
+            what, namespace, pod, command, stdin=stdin is not None, container=container
+        )
         # The client keeps a copy of all output for read_all(), which is not used here:
         # over a whole run that copy would grow with the run's log.
         if hasattr(session, "_all"):

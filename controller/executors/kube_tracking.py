@@ -200,7 +200,7 @@ class JobTracker:
         # Job -> what to call, once per pod, when one of its pods has started.
         self._pod_started: dict[tuple[str, str], Callable[[str], None]] = {}
         self._started_pods: set[tuple[str, str]] = set()
-        self._stuck: dict[str, str] = {}  # run id -> the reason last reported
+        self._stuck: dict[tuple[str, str], str] = {}  # Job -> the reason last reported
 
     def ensure(self, namespace: str) -> None:
         """Start watching ``namespace`` (once) and wait for its first listing."""
@@ -284,8 +284,8 @@ class JobTracker:
             callback(ended)
         run_id = labels.get(LABEL_RUN)
         reason = pod_stuck_reason(slim)
-        if run_id and reason and self._stuck.get(str(run_id)) != reason:
-            self._stuck[str(run_id)] = reason
+        if run_id and reason and self._stuck.get(job) != reason:
+            self._stuck[job] = reason
             self.on_stuck(str(run_id), reason)
         self._maybe_started(key[0], labels.get("job-name"), slim)
 
@@ -338,13 +338,12 @@ class JobTracker:
         if ended is not None:
             callback(ended)
 
-    def forget_job(self, namespace: str, job: str, run_id: str | None = None) -> None:
+    def forget_job(self, namespace: str, job: str) -> None:
         with self._lock:
             self._pod_started.pop((namespace, job), None)
             self._on_end.pop((namespace, job), None)
             self._orphaned.pop((namespace, job), None)
-            if run_id is not None:
-                self._stuck.pop(run_id, None)
+            self._stuck.pop((namespace, job), None)
 
     def current(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -353,11 +352,6 @@ class JobTracker:
     def pods_of(self, namespace: str, job: str) -> list[str]:
         with self._lock:
             return sorted(self._pods_of_job.get((namespace, job)) or ())
-
-    def tracked(self) -> tuple[int, int, int]:
-        """(Jobs, Pods, awaited Jobs) held: for the health endpoint and benchmarks."""
-        with self._lock:
-            return len(self._jobs), len(self._pods), len(self._on_end)
 
     def _event(self, key: tuple[str, str]) -> threading.Event:
         with self._lock:

@@ -14,6 +14,7 @@ from typing import Any
 
 from controller.adapters.kube import Gone
 from controller.executors.kube_tracking import JobEnd, JobTracker
+from tests.support.waiting import wait_for
 
 NS = "runs"
 
@@ -65,16 +66,6 @@ class ScriptedApi:
             yield item
 
 
-def settle(tracker: JobTracker, predicate: Any, timeout: float = 5.0) -> None:
-    done = threading.Event()
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            done.set()
-            break
-        threading.Event().wait(0.02)
-    assert done.is_set(), "the tracker did not get there"
-
-
 def test_a_jobs_end_is_called_back_once_and_memory_is_slim() -> None:
     api = ScriptedApi()
     api.listing["Job"] = [job("a")]
@@ -88,7 +79,7 @@ def test_a_jobs_end_is_called_back_once_and_memory_is_slim() -> None:
         assert "spec" not in stored  # slim: only what is read
         api.events["Job"].put(("MODIFIED", job("a", done="Complete")))
         api.events["Job"].put(("MODIFIED", job("a", done="Complete")))
-        settle(tracker, lambda: ends)
+        wait_for(lambda: ends, 5, what="the tracker to see it")
         threading.Event().wait(0.2)
         assert ends == [("Complete", "")]
         # Registered after it ended: called at once.
@@ -116,7 +107,7 @@ def test_a_job_deleted_while_the_watch_was_down_is_seen_gone_on_the_new_listing(
         api.listing["Pod"] = [pod("b-1", "b")]
         api.events["Job"].put("gone")
         api.events["Pod"].put("gone")
-        settle(tracker, lambda: ends and not tracker.pods_of(NS, "a"))
+        wait_for(lambda: ends and not tracker.pods_of(NS, "a"), 5, what="the tracker to see it")
         assert ends == [("Deleted", "Job a was deleted before it finished")]
         assert tracker.current(NS, "a") is None
         assert tracker.current(NS, "b") is not None
@@ -138,7 +129,7 @@ def test_a_failing_callback_does_not_end_the_watch() -> None:
         tracker.on_end(NS, "y", ends.append)
         api.events["Job"].put(("ADDED", job("x", done="Failed")))
         api.events["Job"].put(("ADDED", job("y", done="Complete")))
-        settle(tracker, lambda: ends)
+        wait_for(lambda: ends, 5, what="the tracker to see it")
         assert ends == [("Complete", "")]
     finally:
         tracker.stop()
@@ -153,9 +144,9 @@ def test_a_deleted_jobs_end_waits_for_its_pods_to_be_gone_or_stopping() -> None:
     try:
         tracker.on_end(NS, "a", ends.append)
         api.events["Job"].put(("DELETED", job("a")))  # deleted in the background
-        settle(tracker, lambda: tracker.current(NS, "a") is None)
+        wait_for(lambda: tracker.current(NS, "a") is None, 5, what="the tracker to see it")
         api.events["Pod"].put(("DELETED", pod("a-1", "a")))
-        settle(tracker, lambda: tracker.pods_of(NS, "a") == ["a-2"])
+        wait_for(lambda: tracker.pods_of(NS, "a") == ["a-2"], 5, what="the tracker to see it")
         assert ends == []  # a pod of it may still run
         api.events["Pod"].put(("MODIFIED", pod("a-2", "a")))
         threading.Event().wait(0.2)
@@ -163,7 +154,7 @@ def test_a_deleted_jobs_end_waits_for_its_pods_to_be_gone_or_stopping() -> None:
         stopping = pod("a-2", "a")
         stopping["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
         api.events["Pod"].put(("MODIFIED", stopping))  # its containers are being stopped
-        settle(tracker, lambda: ends)
+        wait_for(lambda: ends, 5, what="the tracker to see it")
         assert ends == [("Deleted", "Job a was deleted before it finished")]
     finally:
         tracker.stop()
