@@ -16,7 +16,7 @@ from api import errors, idempotency, openapi
 from api.browser import BrowserPolicy
 from api.deadlines import BodyDeadline
 from api.middleware import BodyLimit, BrowserSafety, RequestId
-from api.routers import experiments, health, resources, runs
+from api.routers import compare, experiments, health, registry, resources, runs, sweeps
 from controller.logs import configure_logging
 from controller.services.container import Services, build_services
 from controller.services.idempotency import IdempotencyService
@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyDeadline)  # a body that trickles in gets 408 (api.deadlines)
     app.add_middleware(BrowserSafety)  # runs before BodyLimit: refusals read no body
     app.add_middleware(RequestId)
-    for module in (experiments, runs, resources, health):
+    # compare before runs: GET /runs/compare is not GET /runs/{run_id}.
+    for module in (experiments, compare, runs, sweeps, registry, resources, health):
         app.include_router(module.router)
     openapi.install(app)
     return app

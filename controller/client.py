@@ -47,6 +47,16 @@ class MlexpClient:
         assert isinstance(data, dict)
         return data
 
+    def get(self, path: str, **params: object) -> JsonObject:
+        """GET ``path`` (query ``params``; a list value repeats the key) -> its JSON object."""
+        return self._json(self.http.get(path, params=_query(params)))
+
+    def get_text(self, path: str, **params: object) -> str:
+        return self._check(self.http.get(path, params=_query(params))).text
+
+    def post(self, path: str, body: JsonObject | None = None) -> JsonObject:
+        return self._json(self.http.post(path, json=body or {}))
+
     def health(self) -> JsonObject:
         return self._json(self.http.get("/healthz"))
 
@@ -130,3 +140,13 @@ class MlexpClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s")
             time.sleep(interval)
+
+
+def _query(params: dict[str, object]) -> httpx.QueryParams:
+    """Query pairs without the None values; lists repeat their key."""
+    pairs: list[tuple[str, str | int | float | bool | None]] = []
+    for key, value in params.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is not None:
+                pairs.append((key, str(item).lower() if isinstance(item, bool) else str(item)))
+    return httpx.QueryParams(pairs)

@@ -196,9 +196,18 @@ def _no_remote_hooks(url: str) -> list[str]:
 
 
 def read_published(
-    access: GitAccess, *, branch: str, paths: Sequence[str], base_env: Mapping[str, str]
+    access: GitAccess,
+    *,
+    branch: str,
+    paths: Sequence[str],
+    base_env: Mapping[str, str],
+    max_bytes: int = 8 << 20,
 ) -> tuple[str, dict[str, str]] | None:
-    """The run branch's commit and the text of ``paths`` in it; None if it was not pushed."""
+    """The run branch's commit and the text of ``paths`` in it; None if it was not pushed.
+
+    Paths that are absent, not files, or larger than ``max_bytes`` are left out. Two
+    ``cat-file`` calls read them all: sizes first, then the contents of those that fit.
+    """
     env = access.environment(base_env)
     with tempfile.TemporaryDirectory(prefix="mlexp-result-") as tmp:
         work = Path(tmp)
@@ -208,11 +217,31 @@ def read_published(
             return None
         _git(["fetch", "--quiet", "--depth=1", "--", access.url, branch], env=env, cwd=work)
         commit = _git(["rev-parse", "FETCH_HEAD"], env=env, cwd=work).stdout.strip()
+        wanted = [p for p in dict.fromkeys(paths) if "\n" not in p]
+        if not wanted:
+            return commit, {}
+        names = "".join(f"{commit}:{path}\n" for path in wanted)
+        checked = _git(["cat-file", "--batch-check"], env=env, cwd=work, stdin=names)
+        fitting = []
+        for path, line in zip(wanted, checked.stdout.splitlines(), strict=False):
+            fields = line.split()
+            if len(fields) == 3 and fields[1] == "blob" and int(fields[2]) <= max_bytes:
+                fitting.append((path, fields[0]))
         files: dict[str, str] = {}
-        for path in paths:
-            shown = _git(["show", f"{commit}:{path}"], env=env, cwd=work, check=False)
-            if shown.returncode == 0:
-                files[path] = shown.stdout
+        if fitting:
+            batch = subprocess.run(
+                ["git", "cat-file", "--batch"],
+                input="".join(f"{sha}\n" for _, sha in fitting).encode(),
+                cwd=work, env=env, capture_output=True, check=True, timeout=GIT_TIMEOUT,
+            )  # fmt: skip
+            data = batch.stdout
+            at = 0
+            for path, _ in fitting:
+                header_end = data.index(b"\n", at)
+                size = int(data[at:header_end].split()[2])
+                start = header_end + 1
+                files[path] = data[start : start + size].decode(errors="replace")
+                at = start + size + 1
         return commit, files
 
 

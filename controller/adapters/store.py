@@ -68,7 +68,17 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (owner, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
+CREATE TABLE IF NOT EXISTS run_data (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (run_id, kind)
+);
 """
+# Columns added after a table was first made: (table, column, declaration). A database of
+# an earlier version gets them at start.
+ADDED_COLUMNS = (("runs", "sweep_id", "TEXT"),)
+LATE_INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id, created_at);"
 
 
 # A run's insert writes 5 or 6 pages to the WAL (the table and its indexes): a checkpoint
@@ -98,6 +108,11 @@ class Store:
         # Checkpoints are ours (below); SQLite's own is only a backstop for a WAL far larger.
         self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._db.executescript(LATE_INDEXES)
         self._lock = threading.Lock()
         # After the schema exists: the reader opens the same file (WAL is persistent).
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -240,7 +255,8 @@ class Store:
                 (status, body, owner, key),
             )
         db.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO runs (run_id, experiment_id, owner, state, created_at, body, sweep_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 run.run_id,
                 run.experiment_id,
@@ -248,6 +264,7 @@ class Store:
                 run.state.value,
                 run.created_at.isoformat(),
                 run.model_dump_json(),
+                run.sweep_id,
             ),
         )
 
@@ -279,6 +296,7 @@ class Store:
         experiment_id: str | None = None,
         states: list[RunState] | None = None,
         owner: str | None = None,
+        sweep_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
@@ -287,6 +305,9 @@ class Store:
         if experiment_id is not None:
             clauses.append("experiment_id = ?")
             args.append(experiment_id)
+        if sweep_id is not None:
+            clauses.append("sweep_id = ?")
+            args.append(sweep_id)
         if states:
             clauses.append(f"state IN ({', '.join('?' * len(states))})")
             args += [s.value for s in states]
@@ -350,6 +371,21 @@ class Store:
                 "UPDATE runs SET body = ? WHERE run_id = ?", (updated.model_dump_json(), run_id)
             )
         return updated
+
+    def put_run_data(self, run_id: str, kind: str, body: str) -> None:
+        """Keep a document of a run's (its plots' rows…), replacing one of the same kind."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO run_data VALUES (?, ?, ?) ON CONFLICT(run_id, kind)"
+                " DO UPDATE SET body = excluded.body",
+                (run_id, kind, body),
+            )
+
+    def get_run_data(self, run_id: str, kind: str) -> str | None:
+        row = self._lookup(
+            "SELECT body FROM run_data WHERE run_id = ? AND kind = ?", (run_id, kind)
+        )
+        return str(row[0]) if row else None
 
     # -- provisioned resources -----------------------------------------------
 

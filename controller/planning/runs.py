@@ -14,6 +14,7 @@ from controller.domain.errors import InvalidInput
 from controller.domain.models import Experiment, JsonValue, Run, RunResult
 from controller.domain.naming import run_branch
 from controller.domain.params import apply_overrides, render_params
+from controller.domain.results import flat_metrics, flatten, lock_stages
 from controller.domain.safeyaml import dump_yaml, load_yaml
 
 
@@ -85,10 +86,12 @@ def run_result(
     commit: str,
     metrics_files: Mapping[str, str],
     warnings: list[str] | None = None,
+    lock_text: str | None = None,
 ) -> RunResult:
     """The published run's result. A metrics file that cannot be read is no failure: its
     entry in ``metrics`` is ``{"error": …}``, and a sentence saying so goes to the
-    result's ``warnings`` (and to ``warnings``, when given, for the run's log)."""
+    result's ``warnings`` (and to ``warnings``, when given, for the run's log).
+    ``lock_text`` is the run's ``dvc.lock``, summarised per stage."""
     found: list[str] = []
     branch = run_branch(run.run_id)
     metrics: dict[str, JsonValue] = {}
@@ -102,6 +105,12 @@ def run_result(
             error = f"{path}: not readable as YAML or JSON ({type(exc).__name__}: {exc})"[:500]
         metrics[path] = {"error": error}
         found.append(f"metrics file {path} could not be read: {error}")
+    stages: dict[str, JsonValue] = {}
+    if lock_text is not None:
+        try:
+            stages = lock_stages(_as_json(load_yaml(lock_text, source="dvc.lock")))
+        except Exception as exc:  # written by the run's DVC: unreadable is a warning
+            found.append(f"dvc.lock could not be read: {type(exc).__name__}")
     if warnings is not None:
         warnings.extend(found)
     return RunResult(
@@ -109,6 +118,9 @@ def run_result(
         branch=branch,
         commit=commit,
         metrics=metrics,
+        flat_metrics=flat_metrics(metrics),
+        params=flatten(_as_json(apply_overrides(experiment.params, run.params))),
+        stages=stages,
         clone_command=clone_command(experiment.git_url, branch, run.run_id),
         warnings=found,
     )

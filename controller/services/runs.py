@@ -22,6 +22,7 @@ that finds every pod busy stays queued until a run on that workload ends
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -44,9 +45,10 @@ from controller.domain.errors import (
     TooManyRequests,
 )
 from controller.domain.k8sconfig import NamespacePolicy
-from controller.domain.models import JsonValue, Run, RunState, utcnow
+from controller.domain.models import JsonValue, Run, RunResult, RunState, utcnow
 from controller.domain.naming import new_id, run_branch
 from controller.domain.params import apply_overrides
+from controller.domain.plots import plot_rows
 from controller.domain.resources import ResourceRef, parse_resource
 from controller.executors import EventExecutor, Executor, Handle, Launch, Outcome
 from controller.planning.runs import credential_env, run_result, runner_spec
@@ -65,6 +67,8 @@ class RunRequest:
     namespace: str | None = None
     params: Mapping[str, JsonValue] | None = None
     deadline_seconds: int | None = None
+    # Set by the sweep service for its trials (never by a caller of POST /experiment/run).
+    sweep_id: str | None = None
     # The request's Idempotency-Key: its answer is recorded in the transaction that records
     # the run, so a crash in between cannot make a retry queue the run a second time.
     idempotency_key: str | None = None
@@ -92,6 +96,7 @@ NOTE_MAX_CHARS = 2000
 LAUNCH_WORKERS = 16
 RUN_WORKERS = 8
 RESTARTED_CANCEL = "cancelled (requested before the service restarted)"
+LOCK_FILE = "dvc.lock"
 
 
 class RunService:
@@ -120,12 +125,45 @@ class RunService:
         self._workers = ThreadPoolExecutor(RUN_WORKERS, thread_name_prefix="mlexp-run")
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
+        self._subscribers: list[Callable[[Run], None]] = []
         pods = executors.get("exec")
         self._placement = (
             ExecPlacement(store, pods, note=self.note, wake=self._wake)
             if isinstance(pods, PodExecutor)
             else None
         )
+
+    # -- state changes -------------------------------------------------------
+
+    def subscribe(self, subscriber: Callable[[Run], None]) -> None:
+        """Have ``subscriber`` called with the new record after every change of a run's
+        state (queued included), in the thread that recorded it: it must not block, and
+        it never calls back into an executor. Its errors are logged and go no further."""
+        self._subscribers.append(subscriber)
+
+    def _changed(self, run: Run) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(run)
+            except Exception:
+                log.exception("a run subscriber failed", extra={"run_id": run.run_id})
+
+    def _transition(
+        self,
+        run_id: str,
+        state: RunState,
+        *,
+        reason: str | None = None,
+        result: RunResult | None = None,
+        only_from: tuple[RunState, ...] | None = None,
+    ) -> Run | None:
+        """Record a change of state (see :meth:`Store.transition`) and tell subscribers."""
+        updated = self.store.transition(
+            run_id, state, reason=reason, result=result, only_from=only_from
+        )
+        if updated is not None:
+            self._changed(updated)
+        return updated
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -232,6 +270,7 @@ class RunService:
             resource=str(resource),
             namespace=namespace,
             params=params,
+            sweep_id=request.sweep_id,
             deadline_seconds=request.deadline_seconds,
             state=RunState.QUEUED,
             created_at=utcnow(),
@@ -240,6 +279,7 @@ class RunService:
         if request.idempotency_key is not None:
             answer = (principal.name, request.idempotency_key, 202, run.model_dump_json().encode())
         self._admit(principal, run, answer)
+        self._changed(run)
         self.note(
             run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
         )
@@ -341,7 +381,7 @@ class RunService:
         if run.state.terminal:
             raise Conflict(f"run {run_id!r} has already {run.state.value}")
         reason = f"cancelled by {principal.name}"
-        cancelled = self.store.transition(
+        cancelled = self._transition(
             run_id, RunState.CANCELLED, reason=reason, only_from=(RunState.QUEUED,)
         )
         if cancelled is not None:
@@ -395,7 +435,7 @@ class RunService:
 
     def _record_cancel(self, run_id: str, executor: Executor | None, handle: Handle | None) -> None:
         reason = self._cancelling.pop(run_id, None) or RESTARTED_CANCEL
-        if self.store.transition(run_id, RunState.CANCELLED, reason=reason) is not None:
+        if self._transition(run_id, RunState.CANCELLED, reason=reason) is not None:
             self.note(run_id, reason)
             log.info("run cancelled", extra={"run_id": run_id, "reason": reason})
             # Its follower left the work dir to us: now nothing of the run can write there.
@@ -493,8 +533,7 @@ class RunService:
                     return  # it waits for a free pod (or a twin of this call launched it)
             if (
                 run.state is RunState.QUEUED
-                and self.store.transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
-                is None
+                and self._transition(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,)) is None
             ):
                 release()
                 self._vacate(run_id)
@@ -546,10 +585,11 @@ class RunService:
                 token=repo.git.token.get_secret_value() if repo.git.token else None,
                 ca_bundle=str(ca) if ca else None,
             )
+            plot_files = [path for plot in experiment.plots for path in plot.files]
             found = gitrepo.read_published(
                 access,
                 branch=run_branch(run.run_id),
-                paths=experiment.metrics_files,
+                paths=[*experiment.metrics_files, LOCK_FILE, *plot_files],
                 base_env=os.environ,
             )
         except MlexpError as exc:
@@ -569,9 +609,7 @@ class RunService:
         run = self.store.get_run(run_id)
         if run is None or run.state is not RunState.RUNNING or run.reason == reason:
             return
-        if self.store.transition(
-            run_id, RunState.RUNNING, reason=reason, only_from=(RunState.RUNNING,)
-        ):
+        if self._transition(run_id, RunState.RUNNING, reason=reason, only_from=(RunState.RUNNING,)):
             self.note(run_id, f"waiting: {reason}")
 
     def _spawn_follower(self, run_id: str, handle: Handle, holds_slot: bool) -> None:
@@ -691,14 +729,16 @@ class RunService:
             log.exception("recording how a run ended failed", extra={"run_id": run_id})
             with contextlib.suppress(Exception):
                 reason = "the service could not record how the run ended; see its log"
-                if self.store.transition(run_id, RunState.FAILED, reason=reason):
+                if self._transition(run_id, RunState.FAILED, reason=reason):
                     self.note(run_id, f"run failed: {reason}")
 
     def _record(self, run_id: str, outcome: Outcome, check_publication: bool) -> None:
         run = self.store.get_run(run_id)
         if run is None or run.state.terminal:
             return
-        if outcome.state == "succeeded" and not outcome.commit:
+        if outcome.state == "succeeded":
+            # Always the branch as published (metrics, dvc.lock, plots), whatever the
+            # runner read in its work dir.
             outcome = self._published(run)
         elif outcome.state == "failed" and check_publication:
             published = self._published(run)
@@ -713,21 +753,26 @@ class RunService:
             experiment = self.store.get_experiment(run.experiment_id)
             assert experiment is not None
             warnings: list[str] = []
+            files = outcome.metrics_files
             result = run_result(
                 run=run,
                 experiment=experiment,
                 commit=outcome.commit,
-                metrics_files=outcome.metrics_files,
+                metrics_files={p: files[p] for p in experiment.metrics_files if p in files},
                 warnings=warnings,
+                lock_text=files.get(LOCK_FILE),
             )
-            if self.store.transition(run_id, RunState.SUCCEEDED, result=result):
+            if experiment.plots:  # before the state: whoever sees `succeeded` finds them
+                rows = plot_rows(experiment.plots, files)
+                self.store.put_run_data(run_id, "plots", json.dumps(rows))
+            if self._transition(run_id, RunState.SUCCEEDED, result=result):
                 for warning in warnings:
                     self.note(run_id, f"warning: {warning}")
                 self.note(run_id, f"run succeeded: {result.branch} at {result.commit}")
                 log.info("run succeeded", extra={"run_id": run_id, "commit": result.commit})
             return
         reason = outcome.reason or "the runner failed"
-        if self.store.transition(run_id, RunState.FAILED, reason=reason):
+        if self._transition(run_id, RunState.FAILED, reason=reason):
             self.note(run_id, f"run failed: {reason}")
             log.info("run failed", extra={"run_id": run_id, "reason": reason})
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import httpx
 import yaml
 
+from controller.cli import common
 from controller.client import ApiError, JsonObject, MlexpClient
 from controller.services.auth import is_loopback
 
@@ -286,19 +287,9 @@ def _free_port() -> int:
 # -- plumbing ----------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> MlexpClient:
-    return MlexpClient(args.url, token=args.token)
-
-
-def _print(args: argparse.Namespace, data: object, line: str) -> None:
-    if args.json:
-        _dump(data)
-    else:
-        print(line)
-
-
-def _dump(data: object) -> None:
-    print(json.dumps(data, indent=2))
+_client = common.client
+_print = common.show
+_dump = common.dump
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -366,8 +357,10 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("run_id")
     wait.add_argument("--timeout", type=float, default=3600)
     wait.set_defaults(func=cmd_run_wait)
+
+    # Later nouns, one module each (imported here: they import this package's common).
+    from controller.cli import compare, registry, sweeps
+
+    for module in (sweeps, compare, registry):
+        module.add_commands(sub)
     return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main())
