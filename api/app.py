@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.browser = BrowserPolicy.from_settings(resolved)
         built: Services = build_services(resolved)
         built.runs.start()
+        built.sweeps.start()  # after the runs are reconciled: sweeps resume from them
         app.state.services = built
         app.state.idempotency = IdempotencyService(
             built.store, ttl_seconds=resolved.idempotency.ttl_seconds

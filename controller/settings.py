@@ -170,6 +170,13 @@ class Settings(BaseSettings):
         description="Request rate per token principal (0: unlimited); "
         "tokens file may override per principal.",
     )
+    max_sweep_runs: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Trials one sweep may have (a grid's product, random or adaptive trials); "
+        "a sweep over it is refused with 422.",
+    )
     http: HttpSettings = Field(default_factory=HttpSettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
 

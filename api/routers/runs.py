@@ -21,6 +21,7 @@ from api.deps import Caller, Runs
 from api.idempotency import Idempotent
 from controller.domain.errors import InvalidInput, NotFound, summary, validation_details
 from controller.domain.models import Run, RunState
+from controller.domain.plots import PlotRows
 from controller.domain.safeyaml import load_json
 from controller.services.auth import Principal
 from controller.services.runs import RunRequest, RunService
@@ -160,6 +161,22 @@ async def get_run(caller: Caller, runs: Runs, run_id: str) -> Run:
     # On the event loop: one look-up by key on the store's reader connection, which never
     # waits for a writer (tens of microseconds), where a worker thread would cost more.
     return runs.get(caller, run_id)
+
+
+class RunPlots(BaseModel):
+    run_id: str
+    plots: list[PlotRows] = Field(
+        description="Each plot dvc.yaml declares, with its definition and, per data file, "
+        "its rows (or why there are none). Empty until the run has succeeded."
+    )
+
+
+@router.get("/runs/{run_id}/plots", response_model=RunPlots)
+def get_run_plots(caller: Caller, runs: Runs, run_id: str) -> RunPlots:
+    """The run's plot data, as its commit holds it: rows of the JSON, YAML, CSV and TSV
+    files ``dvc.yaml`` declares as plots, with the x/y fields each plot names."""
+    # A plain def: the rows (up to megabytes) are parsed in a worker thread.
+    return RunPlots(run_id=run_id, plots=runs.plots(caller, run_id))
 
 
 @router.post(

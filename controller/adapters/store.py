@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from controller.domain.models import Experiment, Run, RunResult, RunState, utcnow
+from controller.domain.sweeps import Sweep, SweepState
 
 log = logging.getLogger("mlexp.store")
 
@@ -79,6 +80,19 @@ CREATE TABLE IF NOT EXISTS run_data (
 # an earlier version gets them at start.
 ADDED_COLUMNS = (("runs", "sweep_id", "TEXT"),)
 LATE_INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id, created_at);"
+# Sweeps (controller.domain.sweeps.Sweep); their trials are runs with their sweep_id.
+SWEEPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    sweep_id TEXT PRIMARY KEY,
+    experiment_id TEXT NOT NULL REFERENCES experiments(experiment_id),
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sweeps_by_experiment ON sweeps(experiment_id, created_at);
+CREATE INDEX IF NOT EXISTS sweeps_by_state ON sweeps(state, created_at);
+"""
 
 
 # A run's insert writes 5 or 6 pages to the WAL (the table and its indexes): a checkpoint
@@ -113,6 +127,7 @@ class Store:
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._db.executescript(LATE_INDEXES)
+        self._db.executescript(SWEEPS_SCHEMA)
         self._lock = threading.Lock()
         # After the schema exists: the reader opens the same file (WAL is persistent).
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -494,3 +509,92 @@ class Store:
         with self._tx() as db:
             deleted = db.execute(query, (expired_before,)).rowcount
         return int(deleted)
+
+    # -- sweeps ----------------------------------------------------------------
+    # A sweep's record (controller.domain.sweeps.Sweep) in its own table; its trials are
+    # runs with its sweep_id (runs.sweep_id), so they are counted from the runs table.
+
+    def add_sweep(self, sweep: Sweep) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO sweeps (sweep_id, experiment_id, owner, state, created_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    sweep.sweep_id,
+                    sweep.experiment_id,
+                    sweep.owner,
+                    sweep.state.value,
+                    sweep.created_at.isoformat(),
+                    sweep.model_dump_json(),
+                ),
+            )
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Forget a sweep that never started a trial (its first one was refused)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM sweeps WHERE sweep_id = ?", (sweep_id,))
+
+    def get_sweep(self, sweep_id: str) -> Sweep | None:
+        row = self._lookup("SELECT body FROM sweeps WHERE sweep_id = ?", (sweep_id,))
+        return Sweep.model_validate_json(str(row[0])) if row else None
+
+    def list_sweeps(
+        self,
+        *,
+        experiment_id: str | None = None,
+        owner: str | None = None,
+        states: list[SweepState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Sweep]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if experiment_id is not None:
+            clauses.append("experiment_id = ?")
+            args.append(experiment_id)
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        if states:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            args += [s.value for s in states]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = (
+            f"SELECT body FROM sweeps{where} ORDER BY created_at DESC, sweep_id LIMIT ? OFFSET ?"  # noqa: S608 - clauses are fixed strings
+        )
+        with self._lock:
+            rows = self._db.execute(query, [*args, limit, offset]).fetchall()
+        return [Sweep.model_validate_json(r[0]) for r in rows]
+
+    def end_sweep(self, sweep_id: str, state: SweepState, reason: str | None) -> Sweep | None:
+        """Move a running sweep to a terminal ``state``; None if it had already ended."""
+        with self._tx() as db:
+            row = db.execute("SELECT body FROM sweeps WHERE sweep_id = ?", (sweep_id,)).fetchone()
+            if row is None:
+                return None
+            sweep = Sweep.model_validate_json(row[0])
+            if sweep.state.terminal:
+                return None
+            updated = sweep.model_copy(
+                update={"state": state, "reason": reason, "finished_at": utcnow()}
+            )
+            db.execute(
+                "UPDATE sweeps SET state = ?, body = ? WHERE sweep_id = ?",
+                (state.value, updated.model_dump_json(), sweep_id),
+            )
+        return updated
+
+    def sweep_run_counts(self, sweep_ids: list[str]) -> dict[str, dict[str, int]]:
+        """Per sweep, its runs by state (one query for a page of sweeps)."""
+        if not sweep_ids:
+            return {}
+        marks = ", ".join("?" * len(sweep_ids))
+        where = f" WHERE sweep_id IN ({marks})"
+        query = f"SELECT sweep_id, state, COUNT(*) FROM runs{where}"  # noqa: S608 - placeholders
+        query += " GROUP BY sweep_id, state"
+        with self._lock:
+            rows = self._db.execute(query, sweep_ids).fetchall()
+        counts: dict[str, dict[str, int]] = {sweep_id: {} for sweep_id in sweep_ids}
+        for sweep_id, state, count in rows:
+            counts[str(sweep_id)][str(state)] = int(count)
+        return counts

@@ -76,13 +76,20 @@ def rank(runs: Iterable[Run], metric: str, goal: Goal) -> list[Run]:
     runs without a numeric value of the metric come last, in the order they finished."""
 
     def key(run: Run) -> tuple[int, float, datetime, str]:
-        value = metric_number(run.result.flat_metrics.get(metric)) if run.result else None
+        value = metric_number(_run_metrics(run).get(metric))
         finished = run.finished_at or run.created_at
         if value is None:
             return (1, 0.0, finished, run.run_id)
         return (0, -value if goal == "max" else value, finished, run.run_id)
 
     return sorted(runs, key=key)
+
+
+def _run_metrics(run: Run) -> Mapping[str, JsonValue]:
+    if run.result is None:
+        return {}
+    # Runs recorded before flat_metrics existed have only the metrics per file.
+    return run.result.flat_metrics or flat_metrics(run.result.metrics)
 
 
 def lock_stages(lock: JsonValue) -> dict[str, JsonValue]:
@@ -130,6 +137,15 @@ def differing_keys(rows: Sequence[Mapping[str, JsonValue]]) -> list[str]:
     differ = []
     for key in sorted(keys):
         values = [row.get(key, missing) for row in rows]
-        if any(v != values[0] for v in values[1:]):
+        if any(not _same(v, values[0]) for v in values[1:]):
             differ.append(key)
     return differ
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as values: ``1 == 1.0``, but ``True`` is not ``1``, and NaN is NaN."""
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b

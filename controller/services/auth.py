@@ -108,6 +108,10 @@ class TokenRegistry:
         """The principals' names, in file order (each appears once)."""
         return tuple(principal.name for _, principal in self._entries)
 
+    def principal(self, name: str) -> Principal | None:
+        """The principal of that name (a sweep's trials run as their owner after a restart)."""
+        return next((p for _, p in self._entries if p.name == name), None)
+
     @classmethod
     def from_file(cls, path: Path) -> TokenRegistry:
         raw = load_yaml(path.read_bytes(), source=str(path))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.adapters import sandbox
@@ -18,9 +18,12 @@ from controller.executors.kube_job import JobExecutor
 from controller.executors.kube_tracking import JobTracker
 from controller.executors.local import LocalExecutor
 from controller.services.auth import TokenRegistry
+from controller.services.compare import CompareService
 from controller.services.experiments import ExperimentService
+from controller.services.registry import RegistryService
 from controller.services.resources import ResourceService
 from controller.services.runs import KubernetesSide, RunService
+from controller.services.sweeps import SweepService, principal_lookup
 from controller.settings import Settings
 
 log = logging.getLogger("mlexp.services")
@@ -43,8 +46,21 @@ class Services:
     kube: KubeApi | None = None
     tracker: JobTracker | None = None
     resources: ResourceService | None = None
+    # Built from the services above, in __post_init__.
+    compare: CompareService = field(init=False)
+    sweeps: SweepService = field(init=False)
+    registry: RegistryService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compare = CompareService(self.store, self.experiments, self.runs)
+        self.registry = RegistryService(self.settings, self.store, self.experiments, self.runs)
+        # Subscribes to run changes now; started (resumes its sweeps) after the run service.
+        self.sweeps = SweepService(
+            self.settings, self.store, self.runs, principal_lookup(self.tokens)
+        )
 
     def close(self) -> None:
+        self.sweeps.stop()
         self.runs.stop()
         if self.kube is not None:
             self.kube.close()

@@ -185,6 +185,8 @@ class ExperimentService:
                 dvc_url=dvc_url,
                 stages=list(bundle.pipeline.order),
                 metrics_files=list(bundle.pipeline.metrics_files),
+                plots=list(bundle.pipeline.plots),
+                artifacts=dict(bundle.pipeline.artifacts),
                 params=bundle.params,
                 params_document=bundle.params_document,
                 created_at=utcnow(),

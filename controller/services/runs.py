@@ -48,7 +48,7 @@ from controller.domain.k8sconfig import NamespacePolicy
 from controller.domain.models import JsonValue, Run, RunResult, RunState, utcnow
 from controller.domain.naming import new_id, run_branch
 from controller.domain.params import apply_overrides
-from controller.domain.plots import plot_rows
+from controller.domain.plots import IMAGE_SUFFIXES, PlotRows, plot_rows
 from controller.domain.resources import ResourceRef, parse_resource
 from controller.executors import EventExecutor, Executor, Handle, Launch, Outcome
 from controller.planning.runs import credential_env, run_result, runner_spec
@@ -359,6 +359,14 @@ class RunService:
             raise NotFound(f"run {run_id!r} does not exist")
         return run
 
+    def plots(self, principal: Principal, run_id: str) -> list[PlotRows]:
+        """The run's plots with their rows, as recorded when it succeeded (else none)."""
+        run = self.get(principal, run_id)
+        body = self.store.get_run_data(run_id, "plots") if run.state is RunState.SUCCEEDED else None
+        if body is None:
+            return []
+        return [PlotRows.model_validate(plot) for plot in json.loads(body)]
+
     def list(
         self,
         principal: Principal,
@@ -373,14 +381,16 @@ class RunService:
             experiment_id=experiment_id, states=states, owner=owner, limit=limit, offset=offset
         )
 
-    def cancel(self, principal: Principal, run_id: str, *, wait: bool = False) -> Run:
+    def cancel(
+        self, principal: Principal, run_id: str, *, wait: bool = False, reason: str | None = None
+    ) -> Run:
         """Stop a run. A queued run is cancelled at once; a running one is marked
         ``cancel_requested`` and its runner told to stop, and the answer comes without
         waiting for it to be gone (with ``wait``: once it and everything it started are)."""
         run = self.get(principal, run_id)
         if run.state.terminal:
             raise Conflict(f"run {run_id!r} has already {run.state.value}")
-        reason = f"cancelled by {principal.name}"
+        reason = reason or f"cancelled by {principal.name}"
         cancelled = self._transition(
             run_id, RunState.CANCELLED, reason=reason, only_from=(RunState.QUEUED,)
         )
@@ -585,7 +595,12 @@ class RunService:
                 token=repo.git.token.get_secret_value() if repo.git.token else None,
                 ca_bundle=str(ca) if ca else None,
             )
-            plot_files = [path for plot in experiment.plots for path in plot.files]
+            plot_files = [
+                path
+                for plot in experiment.plots
+                for path in plot.files
+                if path.rsplit(".", 1)[-1].lower() not in IMAGE_SUFFIXES  # no rows to read
+            ]
             found = gitrepo.read_published(
                 access,
                 branch=run_branch(run.run_id),

@@ -10,7 +10,8 @@ from ``dvc/schema.py``, ``dvc/parsing/`` and ``dvc/stage/``, in this order:
 3. ``expand``     -- ``foreach``/``matrix`` expansion (names in ``iteration``)
    and ``${...}`` interpolation (``interpolation``);
 4. ``build``      -- repo-relative paths, outputs, declared parameters, and
-   URL dependencies (``external``);
+   URL dependencies (``external``); plot definitions and artifacts, from the
+   top-level sections (``toplevel``) and the stages' plot outputs (``plots``);
 5. ``params``     -- every declared parameter exists in its file;
 6. ``graph``      -- duplicate/overlapping outputs, self-dependencies, cycles,
    and an execution order.
@@ -29,7 +30,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from controller.domain.errors import InvalidInput, InvalidPipeline
-from controller.domain.pipeline.build import ParamsUse, build_stage, external_dependencies
+from controller.domain.pipeline.build import (
+    ParamsUse,
+    build_stage,
+    external_dependencies,
+    plot_outputs,
+)
 from controller.domain.pipeline.expand import expand_stages
 from controller.domain.pipeline.external import ExternalDependency
 from controller.domain.pipeline.graph import (
@@ -41,9 +47,10 @@ from controller.domain.pipeline.graph import (
 from controller.domain.pipeline.limits import MAX_WARNINGS, Budget, LimitExceeded, Limits, over
 from controller.domain.pipeline.model import Output, OutputKind, Pipeline, Stage
 from controller.domain.pipeline.params import resolve_params
+from controller.domain.pipeline.plots import plot_specs, stage_plots
 from controller.domain.pipeline.schema import check_stage_definition, check_top_level
 from controller.domain.pipeline.sources import Sources
-from controller.domain.pipeline.toplevel import check_vars_section, top_level_metrics
+from controller.domain.pipeline.toplevel import check_vars_section, top_level_sections
 from controller.domain.pipeline.variables import ContextError, Variables
 from controller.domain.safeyaml import load_yaml
 
@@ -98,11 +105,15 @@ def _parse(
     except ContextError as exc:
         raise InvalidPipeline(f"dvc.yaml: 'vars': {exc}") from None
     budget.check_time()
-    top_metrics = top_level_metrics(document, variables.data, budget)
+    top = top_level_sections(document, variables.data, budget, warnings)
     resolved, expand_warnings = expand_stages(raw_stages, variables, sources, budget)
     warnings += expand_warnings
 
     built = [build_stage(stage) for stage in resolved]
+    from_stages = [
+        spec for stage in resolved for spec in stage_plots(stage.name, plot_outputs(stage))
+    ]
+    plots = plot_specs(top.plots, from_stages, budget.limits)
     budget.check_time()
     index = OutputIndex([stage for stage, _ in built])
     stages: list[Stage] = []
@@ -120,9 +131,11 @@ def _parse(
     return Pipeline(
         stages=MappingProxyType({stage.name: stage for stage in stages}),
         order=order,
-        metrics_files=_metrics_files(stages, top_metrics),
+        metrics_files=_metrics_files(stages, top.metrics),
         warnings=_capped(warnings),
         external_deps=tuple(external),
+        plots=plots,
+        artifacts=MappingProxyType(top.artifacts),
     )
 
 

@@ -29,7 +29,7 @@ from controller.domain.pipeline.model import Output, OutputKind, Stage
 from controller.domain.pipeline.schema import describe
 from controller.domain.pipeline.sources import DEFAULT_PARAMS_FILE
 
-__all__ = ["ParamsUse", "build_stage", "external_dependencies"]
+__all__ = ["ParamsUse", "build_stage", "external_dependencies", "plot_outputs"]
 
 _SECTIONS: tuple[OutputKind, ...] = ("outs", "metrics", "plots")
 _DVC_FILES = ("dvc.yaml", "dvc.lock")
@@ -128,6 +128,14 @@ def _outputs(resolved: ResolvedStage) -> tuple[Output, ...]:
                 raise _fail(resolved.name, f"DVC file '{normalized}' cannot be an output")
             outputs.append(Output(normalized, kind, flags.get("cache", True) is not False))
     return tuple(outputs)
+
+
+def plot_outputs(resolved: ResolvedStage) -> list[tuple[str, Mapping[object, object]]]:
+    """The stage's plot outputs: repo-relative path and merged options (x, y, template...)."""
+    return [
+        (_repo_path(resolved, "plots", path), flags)
+        for path, flags in _merged_entries(resolved, "plots").items()
+    ]
 
 
 def _merged_entries(resolved: ResolvedStage, kind: str) -> dict[str, Mapping[object, object]]:

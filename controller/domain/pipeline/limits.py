@@ -25,6 +25,7 @@ __all__ = [
     "MAX_EXTERNAL_HOSTS",
     "MAX_INTERPOLATIONS",
     "MAX_NODES",
+    "MAX_PLOT_FILES",
     "MAX_STAGES",
     "MAX_WALL_SECONDS",
     "MAX_WARNINGS",
@@ -50,6 +51,9 @@ MAX_CHARS = 64 * 1024 * 1024
 # Distinct hosts of external (https/http) dependencies; each one is resolved
 # and checked against the egress policy when the bundle is validated.
 MAX_EXTERNAL_HOSTS = 20
+# Plot data files declared (top-level `plots` and stages' plot outputs, counting each
+# file of each plot): each one is read back from a run's commit and its rows kept.
+MAX_PLOT_FILES = 200
 # Everything above keeps a parse to a few seconds; this only catches what they miss.
 MAX_WALL_SECONDS = 20.0
 # Warnings returned with a pipeline (not a refusal: the rest are only counted),
@@ -70,6 +74,7 @@ class Limits:
     nodes: int = MAX_NODES
     chars: int = MAX_CHARS
     external_hosts: int = MAX_EXTERNAL_HOSTS
+    plot_files: int = MAX_PLOT_FILES
     wall_seconds: float = MAX_WALL_SECONDS
 
 
@@ -80,6 +85,7 @@ _WHAT = {
     "nodes": "values produced by expansion and interpolation",
     "chars": "characters produced by interpolation",
     "external_hosts": "distinct hosts of external URL dependencies",
+    "plot_files": "plot data files declared",
 }
 
 

@@ -8,9 +8,11 @@ already normalised, with the stage's ``wdir`` applied.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
+from controller.domain.models import ArtifactSpec, PlotSpec
 from controller.domain.pipeline.external import ExternalDependency
 
 __all__ = ["Output", "OutputKind", "Pipeline", "Stage"]
@@ -67,3 +69,7 @@ class Pipeline:
     # Every URL dependency, in dvc.yaml order: the service checks their hosts
     # against the egress policy and their remotes against the bundle's.
     external_deps: tuple[ExternalDependency, ...] = ()
+    # Plots (top-level ``plots``, then stages' plot outputs) and the ``artifacts``
+    # section, paths repo-relative: see :mod:`.plots`.
+    plots: tuple[PlotSpec, ...] = ()
+    artifacts: Mapping[str, ArtifactSpec] = field(default_factory=lambda: MappingProxyType({}))

@@ -2,16 +2,19 @@
 
 DVC interpolates ``metrics``, ``params``, ``plots``, ``artifacts`` and
 ``datasets`` with the pipeline variables (never with a stage's own), and
-``vars`` may not be interpolated at all. Only ``metrics`` matters to a run --
-those files are reported with the results -- but an undefined name or a path
-outside the repo anywhere is an error here as it would be for DVC.
+``vars`` may not be interpolated at all. ``metrics``, ``plots`` and
+``artifacts`` matter to a run -- its results are read from them (see
+:mod:`.plots`) -- and an undefined name or a path outside the repo anywhere is
+an error here as it would be for DVC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from controller.domain.errors import InvalidPipeline
+from controller.domain.models import ArtifactSpec, PlotSpec
 from controller.domain.pipeline.interpolation import (
     InterpolationError,
     check_syntax,
@@ -20,9 +23,10 @@ from controller.domain.pipeline.interpolation import (
 )
 from controller.domain.pipeline.limits import Budget, LimitExceeded
 from controller.domain.pipeline.locations import PathProblem, join_in_repo
+from controller.domain.pipeline.plots import artifact_specs, top_level_plots
 from controller.domain.pipeline.schema import describe
 
-__all__ = ["check_vars_section", "top_level_metrics"]
+__all__ = ["TopLevel", "check_vars_section", "top_level_sections"]
 
 _SECTIONS = ("metrics", "params", "plots", "artifacts", "datasets")
 
@@ -40,10 +44,22 @@ def check_vars_section(document: Mapping[str, object]) -> list[object]:
     return vars_
 
 
-def top_level_metrics(
-    document: Mapping[str, object], variables: Mapping[str, object], budget: Budget
-) -> list[str]:
-    """Resolve every other top-level section; return the metrics files, repo-relative."""
+@dataclass(frozen=True)
+class TopLevel:
+    """What the sections beside ``stages`` declare, resolved, paths repo-relative."""
+
+    metrics: list[str]
+    plots: list[PlotSpec]
+    artifacts: dict[str, ArtifactSpec]
+
+
+def top_level_sections(
+    document: Mapping[str, object],
+    variables: Mapping[str, object],
+    budget: Budget,
+    warnings: list[str],
+) -> TopLevel:
+    """Resolve every other top-level section; ``warnings`` gets what is worth telling."""
     resolved: dict[str, object] = {}
     for section in _SECTIONS:
         if section not in document:
@@ -53,10 +69,12 @@ def top_level_metrics(
             resolved[section] = resolve(document[section], variables, key=None, budget=budget)
         except (InterpolationError, LimitExceeded) as exc:
             raise _fail(f"top-level '{section}': {exc}") from None
-    for section in ("params", "metrics"):
-        _repo_paths(section, resolved.get(section))
-    _artifact_paths(resolved.get("artifacts"))
-    return _repo_paths("metrics", resolved.get("metrics"))
+    _repo_paths("params", resolved.get("params"))
+    return TopLevel(
+        metrics=_repo_paths("metrics", resolved.get("metrics")),
+        plots=top_level_plots(resolved.get("plots"), warnings),
+        artifacts=artifact_specs(resolved.get("artifacts")),
+    )
 
 
 def _repo_paths(section: str, entries: object) -> list[str]:
@@ -69,16 +87,3 @@ def _repo_paths(section: str, entries: object) -> list[str]:
         except PathProblem as exc:
             raise _fail(f"top-level '{section}' entry: {exc}") from None
     return paths
-
-
-def _artifact_paths(artifacts: object) -> None:
-    if not isinstance(artifacts, Mapping):
-        return
-    for name, artifact in artifacts.items():
-        path = artifact.get("path") if isinstance(artifact, Mapping) else None
-        if not isinstance(name, str) or not isinstance(path, str):
-            raise _fail(f"artifact {name!r} must have a string name and 'path'")
-        try:
-            join_in_repo(".", path)
-        except PathProblem as exc:
-            raise _fail(f"artifact {name!r}: {exc}") from None
