@@ -584,6 +584,16 @@ class Store:
             )
         return updated
 
+    def sweep_run_states(self, sweep_id: str) -> list[tuple[str, RunState]]:
+        """(run id, state) of each of the sweep's runs, in the order they were made; no
+        record is parsed (a sweep looks at them after every change of one of its runs)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id, state FROM runs WHERE sweep_id = ? ORDER BY created_at, run_id",
+                (sweep_id,),
+            ).fetchall()
+        return [(str(run_id), RunState(state)) for run_id, state in rows]
+
     def sweep_run_counts(self, sweep_ids: list[str]) -> dict[str, dict[str, int]]:
         """Per sweep, its runs by state (one query for a page of sweeps)."""
         if not sweep_ids:

@@ -7,6 +7,12 @@
                     [--wait | --follow]
     mlexp run list [--experiment ID] [--state S]
     mlexp run show ID | logs ID [--follow] | wait ID | cancel ID [--no-wait]
+    mlexp sweep start EXPERIMENT_ID --grid KEY=V1,V2 ... [--max-parallel N] [--follow]
+    mlexp sweep show ID | list | cancel ID                        (controller.cli.sweeps)
+    mlexp compare EXPERIMENT_ID --metric M [--format table|csv|json]
+    mlexp compare-runs RUN_A RUN_B                                (controller.cli.compare)
+    mlexp register RUN_ID --artifact NAME | promote EXP ARTIFACT --stage S (--version V | --best)
+    mlexp registry EXPERIMENT_ID                                  (controller.cli.registry)
     mlexp demo        # the sample bundle, end to end, on a service of its own
 
 The client commands talk to ``--url`` (env ``MLEXP_URL``, default

@@ -76,6 +76,10 @@ def dvc_config(*, remote: str, url: str, endpoint_url: str | None, region: str |
     return "\n".join(lines) + "\n"
 
 
+# A run's record keeps dvc.lock per stage up to this many stages (and is read with every
+# listing of runs); a pipeline with more keeps none, with a warning.
+MAX_LOCK_STAGES = 1_000
+
 DVC_GITIGNORE = "/config.local\n/tmp\n/cache\n"
 
 
@@ -109,6 +113,12 @@ def run_result(
     if lock_text is not None:
         try:
             stages = lock_stages(_as_json(load_yaml(lock_text, source="dvc.lock")))
+            if len(stages) > MAX_LOCK_STAGES:  # the record is read with every listing
+                found.append(
+                    f"dvc.lock has {len(stages)} stages; per-stage hashes are kept for at most "
+                    f"{MAX_LOCK_STAGES} (the run's branch has them all)"
+                )
+                stages = {}
         except Exception as exc:  # written by the run's DVC: unreadable is a warning
             found.append(f"dvc.lock could not be read: {type(exc).__name__}")
     if warnings is not None:

@@ -395,7 +395,7 @@ class RunService:
             run_id, RunState.CANCELLED, reason=reason, only_from=(RunState.QUEUED,)
         )
         if cancelled is not None:
-            self.note(run_id, "run cancelled before it started")
+            self.note(run_id, f"{reason} (the run had not started)")
             if self._placement is not None:
                 self._placement.withdraw(run_id)  # it may have been waiting for a pod
             return cancelled

@@ -34,7 +34,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from controller.adapters.store import Store
@@ -187,6 +187,8 @@ class _Live:
     principal: Principal | None
     randoms: list[dict[str, JsonValue]] | None = None
     study: AdaptiveStudy | None = None
+    # Trials whose end has been looked at (told to the study, checked against `stop`).
+    seen: set[str] = field(default_factory=set)
 
 
 class SweepService:
@@ -367,15 +369,23 @@ class SweepService:
         if live is None:  # after a restart: rebuilt from the store
             live = self._live[sweep_id] = self._revive(sweep, self._principals(sweep.owner))
         request = sweep.request
-        trials = self._trials(sweep)
+        # States only (no record parsed); the records of trials that ended since the last
+        # look are read once each: a sweep of n trials costs O(n) per change, not O(n) parses.
+        states = self.store.sweep_run_states(sweep_id)
+        ended = []
+        for run_id, state in states:
+            if state.terminal and run_id not in live.seen:
+                run = self.store.get_run(run_id)
+                if run is not None:
+                    ended.append(run)
+                live.seen.add(run_id)
         if live.study is not None and request.objective is not None:
-            for run in trials:
-                if run.state.terminal:
-                    live.study.tell(run, request.objective.metric)
-        if self._stopped(sweep, trials):
+            for run in ended:
+                live.study.tell(run, request.objective.metric)
+        if self._stopped(sweep, ended):
             return
-        active = sum(1 for run in trials if not run.state.terminal)
-        made = len(trials)
+        active = sum(1 for _, state in states if not state.terminal)
+        made = len(states)
         with self._guard:
             self._waiting.get(sweep.owner, set()).discard(sweep_id)
         while active < request.max_parallel and made < sweep.total_trials:
@@ -451,7 +461,6 @@ class SweepService:
     def _cancel_trials(self, sweep: Sweep, note: str) -> None:
         owner = Principal(name=sweep.owner)
         for run in self.store.list_runs(sweep_id=sweep.sweep_id, states=ACTIVE, limit=100_000):
-            self.runs.note(run.run_id, note)
             with contextlib.suppress(Conflict, NotFound):  # it ended meanwhile
                 self.runs.cancel(owner, run.run_id, reason=note)
 

@@ -198,7 +198,7 @@ def test_stop_threshold_cancels_the_rest(service: RunningService) -> None:
         60,
         what="the slow trial to be cancelled",
     )
-    assert cancelled["reason"] == "cancelled by local"
+    assert cancelled["reason"] == f"sweep {created['sweep_id']} stopped: {done['reason']}"
     assert f"sweep {created['sweep_id']} stopped" in service.http.get(f"/runs/{slow}/logs").text
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from controller.domain.models import Run, RunState
-from controller.planning.runs import run_result
+from controller.planning.runs import MAX_LOCK_STAGES, run_result
 from tests.support.records import experiment_record, run_record
 
 EXPERIMENT = experiment_record(stages=["measure"], metrics_files=["metrics.json"], params={})
@@ -58,3 +58,43 @@ def test_readable_metrics_give_no_warning() -> None:
     )
     assert result.metrics == {"metrics.json": {"acc": 0.9, "loss": [0.5, 0.25]}}
     assert warnings == []
+
+
+def lock(stage_count: int) -> str:
+    entry = "    cmd: python s.py\n    deps:\n    - path: s.py\n      md5: {md5}\n"
+    body = "".join(f"  s{i}:\n" + entry.format(md5=f"a{i:031x}") for i in range(stage_count))
+    return "schema: '2.0'\nstages:\n" + body
+
+
+def test_dvc_lock_is_kept_per_stage() -> None:
+    result = run_result(
+        run=run(), experiment=EXPERIMENT, commit="b" * 40, metrics_files={}, lock_text=lock(2)
+    )
+    assert result.stages == {
+        "s0": {"deps": {"s.py": "a" + "0" * 31}, "params": {}, "outs": {}},
+        "s1": {"deps": {"s.py": "a" + "0" * 30 + "1"}, "params": {}, "outs": {}},
+    }
+    assert result.warnings == []
+
+
+def test_a_lock_past_the_stage_cap_is_left_out_with_a_warning() -> None:
+    warnings: list[str] = []
+    result = run_result(
+        run=run(),
+        experiment=EXPERIMENT,
+        commit="b" * 40,
+        metrics_files={},
+        warnings=warnings,
+        lock_text=lock(MAX_LOCK_STAGES + 1),
+    )
+    assert result.stages == {}
+    assert warnings == result.warnings
+    assert warnings[0].startswith(f"dvc.lock has {MAX_LOCK_STAGES + 1} stages")
+
+
+def test_an_unreadable_lock_is_a_warning() -> None:
+    result = run_result(
+        run=run(), experiment=EXPERIMENT, commit="b" * 40, metrics_files={}, lock_text="{"
+    )
+    assert result.stages == {}
+    assert result.warnings == ["dvc.lock could not be read: InvalidInput"]
