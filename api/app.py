@@ -16,7 +16,17 @@ from api import errors, idempotency, openapi
 from api.browser import BrowserPolicy
 from api.deadlines import BodyDeadline
 from api.middleware import BodyLimit, BrowserSafety, RequestId
-from api.routers import compare, experiments, health, registry, resources, runs, sweeps
+from api.routers import (
+    compare,
+    experiments,
+    health,
+    metrics,
+    registry,
+    resources,
+    runs,
+    sweeps,
+    webhooks,
+)
 from controller.logs import configure_logging
 from controller.services.container import Services, build_services
 from controller.services.idempotency import IdempotencyService
@@ -39,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         built: Services = build_services(resolved)
         built.runs.start()
         built.sweeps.start()  # after the runs are reconciled: sweeps resume from them
+        built.outbox.start()  # after every sender is registered (services built)
         app.state.services = built
         app.state.idempotency = IdempotencyService(
             built.store, ttl_seconds=resolved.idempotency.ttl_seconds
@@ -57,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BrowserSafety)  # runs before BodyLimit: refusals read no body
     app.add_middleware(RequestId)
     # compare before runs: GET /runs/compare is not GET /runs/{run_id}.
-    for module in (experiments, compare, runs, sweeps, registry, resources, health):
+    routers = (experiments, compare, runs, sweeps, registry, webhooks, resources, health, metrics)
+    for module in routers:
         app.include_router(module.router)
     openapi.install(app)
     return app

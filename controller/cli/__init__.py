@@ -365,8 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     wait.set_defaults(func=cmd_run_wait)
 
     # Later nouns, one module each (imported here: they import this package's common).
-    from controller.cli import compare, registry, sweeps
+    from controller.cli import compare, registry, sweeps, webhooks
 
-    for module in (sweeps, compare, registry):
+    for module in (sweeps, compare, registry, webhooks):
         module.add_commands(sub)
     return parser

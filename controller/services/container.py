@@ -19,7 +19,9 @@ from controller.executors.kube_tracking import JobTracker
 from controller.executors.local import LocalExecutor
 from controller.services.auth import TokenRegistry
 from controller.services.compare import CompareService
+from controller.services.events import EventBus
 from controller.services.experiments import ExperimentService
+from controller.services.outbox import Outbox, RetryPolicy
 from controller.services.registry import RegistryService
 from controller.services.resources import ResourceService
 from controller.services.runs import KubernetesSide, RunService
@@ -47,24 +49,49 @@ class Services:
     tracker: JobTracker | None = None
     resources: ResourceService | None = None
     # Built from the services above, in __post_init__.
+    events: EventBus = field(init=False)
     compare: CompareService = field(init=False)
     sweeps: SweepService = field(init=False)
     registry: RegistryService = field(init=False)
+    outbox: Outbox = field(init=False)  # started by the app after the runs
 
     def __post_init__(self) -> None:
+        self.events = EventBus()
+        self.outbox = outbox_from(self.settings, self.store)
+        self.runs.subscribe(self.events.run_changed)
         self.compare = CompareService(self.store, self.experiments, self.runs)
-        self.registry = RegistryService(self.settings, self.store, self.experiments, self.runs)
+        self.registry = RegistryService(
+            self.settings, self.store, self.experiments, self.runs, self.events
+        )
         # Subscribes to run changes now; started (resumes its sweeps) after the run service.
         self.sweeps = SweepService(
-            self.settings, self.store, self.runs, principal_lookup(self.tokens)
+            self.settings, self.store, self.runs, principal_lookup(self.tokens), self.events
         )
 
     def close(self) -> None:
+        self.outbox.stop()
         self.sweeps.stop()
         self.runs.stop()
         if self.kube is not None:
             self.kube.close()
         self.store.close()
+
+
+def outbox_from(settings: Settings, store: Store) -> Outbox:
+    """The outbox of deliveries to outside systems, with the retry policy of the settings."""
+    options = settings.deliveries
+    policy = RetryPolicy(
+        max_attempts=options.max_attempts,
+        first_seconds=options.first_retry_seconds,
+        cap_seconds=options.max_retry_seconds,
+    )
+    return Outbox(
+        store,
+        policy,
+        workers=options.workers,
+        max_payload_bytes=options.max_payload_bytes,
+        retention_days=options.retention_days,
+    )
 
 
 def local_executor(settings: Settings, tokens: TokenRegistry | None) -> LocalExecutor:

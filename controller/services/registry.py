@@ -31,6 +31,8 @@ from controller.domain.paths import validate_repo_path
 from controller.domain.registry import ArtifactView, StageView, VersionView
 from controller.domain.results import Goal, metric_number, rank
 from controller.services.auth import Principal
+from controller.services.events import Event as Notice
+from controller.services.events import EventBus
 from controller.services.experiments import ExperimentService
 from controller.services.runs import RunService
 from controller.settings import Settings
@@ -73,11 +75,13 @@ class RegistryService:
         store: Store,
         experiments: ExperimentService,
         runs: RunService,
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.experiments = experiments
         self.runs = runs
+        self.events = events
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     # -- use cases ---------------------------------------------------------------
@@ -102,7 +106,9 @@ class RegistryService:
                 repo, repo.tags(), experiment, run, commit, artifact, wanted, artifact_path
             )
         enriched = self._enrich(principal, experiment, view)
-        return next(v for v in enriched.versions if v.commit == commit and v.active)
+        registered = next(v for v in enriched.versions if v.commit == commit and v.active)
+        self._publish("model.registered", experiment, artifact, registered)
+        return registered
 
     def promote(
         self, principal: Principal, experiment_id: str, artifact: str, version: str, stage: str
@@ -168,6 +174,8 @@ class RegistryService:
         promotion = self._promotion(
             principal, experiment, view, version, stage, assigned, registered
         )
+        if registered:
+            self._publish("model.registered", experiment, artifact, promotion.version)
         return promotion.model_copy(update={"metric": metric, "value": value})
 
     def registry(self, principal: Principal, experiment_id: str) -> RegistryView:
@@ -240,12 +248,33 @@ class RegistryService:
         registered: bool,
     ) -> Promotion:
         enriched = self._enrich(principal, experiment, view)
-        return Promotion(
+        promotion = Promotion(
             artifact=view.name,
             version=next(v for v in enriched.versions if v.version == version),
             stage=enriched.stages[stage],
             registered=registered,
             assigned=assigned,
+        )
+        if assigned:
+            self._publish("model.promoted", experiment, view.name, promotion)
+        return promotion
+
+    def _publish(
+        self, kind: str, experiment: Experiment, artifact: str, what: VersionView | Promotion
+    ) -> None:
+        """``model.registered`` (a version) or ``model.promoted`` (a promotion); the subject
+        is the tag that says it (``wine-model@v1.2.0``, ``wine-model#prod#3``)."""
+        if self.events is None:
+            return
+        tag = what.stage.tag if isinstance(what, Promotion) else what.tag
+        self.events.publish(
+            Notice(
+                type=kind,
+                subject=tag,
+                owner=experiment.owner,
+                experiment_id=experiment.experiment_id,
+                data={"artifact": artifact, **what.model_dump(mode="json")},
+            )
         )
 
     def _enrich(

@@ -125,7 +125,7 @@ class RunService:
         self._workers = ThreadPoolExecutor(RUN_WORKERS, thread_name_prefix="mlexp-run")
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
-        self._subscribers: list[Callable[[Run], None]] = []
+        self._subscribers: list[Callable[[Run, RunState | None], None]] = []
         pods = executors.get("exec")
         self._placement = (
             ExecPlacement(store, pods, note=self.note, wake=self._wake)
@@ -135,16 +135,17 @@ class RunService:
 
     # -- state changes -------------------------------------------------------
 
-    def subscribe(self, subscriber: Callable[[Run], None]) -> None:
-        """Have ``subscriber`` called with the new record after every change of a run's
-        state (queued included), in the thread that recorded it: it must not block, and
-        it never calls back into an executor. Its errors are logged and go no further."""
+    def subscribe(self, subscriber: Callable[[Run, RunState | None], None]) -> None:
+        """Have ``subscriber`` called with the new record and the state it had before (None
+        for a new run) after every recorded change (a new run included), in the thread
+        that recorded it: it must not block, and it never calls back into an executor.
+        Its errors are logged and go no further."""
         self._subscribers.append(subscriber)
 
-    def _changed(self, run: Run) -> None:
+    def _changed(self, run: Run, previous: RunState | None) -> None:
         for subscriber in self._subscribers:
             try:
-                subscriber(run)
+                subscriber(run, previous)
             except Exception:
                 log.exception("a run subscriber failed", extra={"run_id": run.run_id})
 
@@ -158,11 +159,12 @@ class RunService:
         only_from: tuple[RunState, ...] | None = None,
     ) -> Run | None:
         """Record a change of state (see :meth:`Store.transition`) and tell subscribers."""
+        before = self.store.get_run(run_id) if self._subscribers else None
         updated = self.store.transition(
             run_id, state, reason=reason, result=result, only_from=only_from
         )
         if updated is not None:
-            self._changed(updated)
+            self._changed(updated, before.state if before else None)
         return updated
 
     # -- lifecycle ---------------------------------------------------------
@@ -279,7 +281,7 @@ class RunService:
         if request.idempotency_key is not None:
             answer = (principal.name, request.idempotency_key, 202, run.model_dump_json().encode())
         self._admit(principal, run, answer)
-        self._changed(run)
+        self._changed(run, None)
         self.note(
             run.run_id, f"run queued: experiment {experiment.experiment_id}, resource {resource}"
         )

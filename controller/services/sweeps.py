@@ -62,6 +62,7 @@ from controller.domain.sweeps import (
     trial_params,
 )
 from controller.services.auth import Principal, TokenRegistry
+from controller.services.events import Event, EventBus
 from controller.services.runs import RunRequest, RunService
 from controller.settings import Settings
 
@@ -198,8 +199,10 @@ class SweepService:
         store: Store,
         runs: RunService,
         principals: Callable[[str], Principal | None],
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
+        self.events = events
         self.store = store
         self.runs = runs
         self._principals = principals
@@ -228,7 +231,7 @@ class SweepService:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _on_run(self, run: Run) -> None:
+    def _on_run(self, run: Run, previous: RunState | None) -> None:
         """Run subscriber (in the recording thread): only queue what to look at."""
         if run.sweep_id is not None:
             self._notify(run.sweep_id)
@@ -324,6 +327,7 @@ class SweepService:
                 raise Conflict(f"sweep {sweep_id!r} has already ended ({state})")
             self._cancel_trials(ended, f"sweep {sweep_id} cancelled by {principal.name}")
             self._forget(sweep_id)
+            self._finished(ended)
         log.info("sweep cancelled", extra={"sweep_id": sweep_id})
         return self.get(principal, sweep_id)
 
@@ -456,7 +460,23 @@ class SweepService:
                 "sweep ended",
                 extra={"sweep_id": sweep.sweep_id, "state": state.value, "reason": reason},
             )
+            self._finished(ended)
         return ended
+
+    def _finished(self, sweep: Sweep) -> None:
+        """Publish ``sweep.finished``: the sweep's view without its list of trials."""
+        if self.events is None:
+            return
+        view = sweep_view(sweep, self._trials(sweep)).model_dump(mode="json", exclude={"trials"})
+        self.events.publish(
+            Event(
+                type="sweep.finished",
+                subject=sweep.sweep_id,
+                owner=sweep.owner,
+                experiment_id=sweep.experiment_id,
+                data=view,
+            )
+        )
 
     def _cancel_trials(self, sweep: Sweep, note: str) -> None:
         owner = Principal(name=sweep.owner)

@@ -1,0 +1,7 @@
+"""Endpoints for metrics (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,7 @@
+"""Endpoints for webhooks (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
