@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from api import errors, idempotency, openapi
 from api.browser import BrowserPolicy
 from api.deadlines import BodyDeadline
-from api.middleware import BodyLimit, BrowserSafety, RequestId
+from api.middleware import BodyLimit, BrowserSafety, HttpMetrics, RequestId
 from api.routers import (
     compare,
     experiments,
@@ -28,6 +28,7 @@ from api.routers import (
     webhooks,
 )
 from controller.logs import configure_logging
+from controller.metrics import ServiceCollector, app_registry, observe_run_end
 from controller.services.container import Services, build_services
 from controller.services.idempotency import IdempotencyService
 from controller.settings import Settings, load_settings
@@ -43,10 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or load_settings()
-        configure_logging(resolved.log_level)
+        configure_logging(resolved.log_level, resolved.log_format)
         # Before anything is built: a malformed allowed_hosts/origins entry stops start-up.
         app.state.browser = BrowserPolicy.from_settings(resolved)
         built: Services = build_services(resolved)
+        built.runs.subscribe(observe_run_end)  # before start: reconciling may end runs
+        app.state.metrics = app_registry(
+            ServiceCollector(built.store.count_runs_by_state_and_resource)
+        )
         built.runs.start()
         built.sweeps.start()  # after the runs are reconciled: sweeps resume from them
         built.outbox.start()  # after every sender is registered (services built)
@@ -67,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyDeadline)  # a body that trickles in gets 408 (api.deadlines)
     app.add_middleware(BrowserSafety)  # runs before BodyLimit: refusals read no body
     app.add_middleware(RequestId)
+    app.add_middleware(HttpMetrics)  # outermost: refusals by the others are timed too
     # compare before runs: GET /runs/compare is not GET /runs/{run_id}.
     routers = (experiments, compare, runs, sweeps, registry, webhooks, resources, health, metrics)
     for module in routers:

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, browser safety (400/403, CORS), the upload size cap (413).
+"""ASGI middleware: request ids, browser safety (400/403, CORS), the upload size cap (413),
+HTTP latency metrics.
 
 Plain ASGI callables rather than ``BaseHTTPMiddleware``: they sit on every
 request, and they answer refusals themselves (problem+json) without touching
@@ -10,18 +11,22 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.browser import BrowserPolicy
 from controller.domain.errors import PayloadTooLarge
+from controller.logs import REQUEST_ID
+from controller.metrics import HTTP_REQUEST_DURATION
 
 
 class RequestId:
     """An id per request, in ``X-Request-Id`` and in problem bodies, to find its log lines.
 
     It only has to be unique, not unguessable (it grants nothing): 64 bits from the
-    process's Mersenne Twister, without the system call a ``secrets`` id costs.
+    process's Mersenne Twister, without the system call a ``secrets`` id costs. While the
+    request is handled it is also in ``controller.logs.REQUEST_ID``, so its log lines carry it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -39,7 +44,49 @@ class RequestId:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpMetrics:
+    """Each request's latency, by method, route template and status (``controller.metrics``).
+
+    The route is the template the router matched (``/runs/{run_id}``), read from the scope
+    once the app is done; a request no route matched (404, or refused by a middleware
+    before routing) is ``other``, and so is an unusual method: labels stay bounded whatever
+    clients send. The time runs until the last byte of the answer is handed over.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless an answer starts: the app failed without one
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            HTTP_REQUEST_DURATION.labels(
+                method=method, route=route if isinstance(route, str) else "other", status=status
+            ).observe(time.perf_counter() - began)
 
 
 CORS_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE"

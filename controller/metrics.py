@@ -115,15 +115,17 @@ class ServiceCollector(Collector):
                 runs.add_metric([state.value, kind], counts.get((state.value, kind), 0))
         yield runs
         by_state = {state.value: 0 for state in RunState}
-        for (state, _), count in counts.items():
-            by_state[state] = by_state.get(state, 0) + count
+        for (name, _), count in counts.items():
+            by_state[name] = by_state.get(name, 0) + count
         yield GaugeMetricFamily(
             "mlexp_queue_depth",
             "Runs waiting to start (queued).",
             value=by_state[RunState.QUEUED.value],
         )
         yield GaugeMetricFamily(
-            "mlexp_active_runs", "Runs executing now (running).", value=by_state[RunState.RUNNING.value],
+            "mlexp_active_runs",
+            "Runs executing now (running).",
+            value=by_state[RunState.RUNNING.value],
         )
         yield InfoMetricFamily(
             "mlexp_build",

@@ -8,9 +8,10 @@ with a clear message instead of failing a request later.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 from pydantic_settings.sources import PydanticBaseSettingsSource
 
@@ -104,6 +105,131 @@ class IdempotencySettings(BaseModel):
     )
 
 
+class DeliverySettings(BaseModel):
+    """The outbox: deliveries to outside systems (webhooks, MLflow), kept and retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(
+        default=10, ge=1, le=100, description="Attempts of one delivery before it is failed."
+    )
+    first_retry_seconds: float = Field(
+        default=5.0, gt=0, le=86400, description="Wait before the first retry."
+    )
+    max_retry_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="Cap on the wait between retries (it doubles from first_retry_seconds, "
+        "with random jitter).",
+    )
+    workers: int = Field(
+        default=8, ge=1, le=64, description="Deliveries attempted at once (to distinct targets)."
+    )
+    retention_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="Delivered and failed deliveries older than this are purged at start "
+        "(0: kept).",
+    )
+    max_payload_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=16 * 1024 * 1024, description="Cap on one payload."
+    )
+
+
+class WebhookSettings(BaseModel):
+    """Signed webhooks (CloudEvents over HTTP, Standard Webhooks signatures)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        default="/mlexp-ctrl",
+        min_length=1,
+        max_length=200,
+        description="The CloudEvents 'source' of every event (e.g. the service's URL).",
+    )
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    read_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Wait for the receiver's answer."
+    )
+    max_per_principal: int = Field(
+        default=50, ge=1, le=10_000, description="Webhooks one principal may have."
+    )
+
+
+class MetricsSettings(BaseModel):
+    """``GET /metrics`` (Prometheus)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public: bool = Field(
+        default=False,
+        description="Answer /metrics without a token (Host checks still apply); the counts "
+        "it shows are service-wide, across tenants. False: the same auth as the API.",
+    )
+
+
+class MlflowSettings(BaseModel):
+    """Export of finished runs, sweeps and promotions to an MLflow tracking server.
+    Credentials come from the environment MLflow's client reads (MLFLOW_TRACKING_TOKEN,
+    or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), never from this file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="The tracking server's http(s) URL (e.g. https://mlflow.example.com).",
+    )
+    experiment_name: str = Field(
+        default="mlexp/{experiment_id}",
+        min_length=1,
+        max_length=400,
+        description="The MLflow experiment of a service experiment's runs; placeholders "
+        "{experiment_id} and {owner} (the token principal's name).",
+    )
+    timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="Per request to the tracking server."
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError("tracking_uri is not a URL") from None
+        if "@" in value or parts.query or parts.fragment:
+            raise ValueError(
+                "tracking_uri has no credentials, query or fragment (credentials come from "
+                "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)"
+            )
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("tracking_uri is an http(s) URL of an MLflow tracking server")
+        return value
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(experiment_id="e", owner="o")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("experiment_name may use {experiment_id} and {owner} only") from None
+        return value
+
+
+def _masked_mlflow(value: object) -> object:
+    """The mlflow section with anything before an '@' of the tracking URI masked, before
+    anything can echo it (a validation error shows its input): such a URI is refused."""
+    if isinstance(value, dict) and isinstance(value.get("tracking_uri"), str):
+        uri: str = value["tracking_uri"]
+        if "@" in uri:
+            head, sep, rest = uri.partition("://")
+            head, rest = (head + sep, rest) if sep else ("", uri)
+            return {**value, "tracking_uri": f"{head}***@{rest.rsplit('@', 1)[1]}"}
+    return value
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; env wins over ``config/server.yaml``."""
 
@@ -140,6 +266,11 @@ class Settings(BaseSettings):
         "line saying how many bytes in between were left out.",
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: a readable line per event (for a terminal); json: one object a "
+        "line with time, level, logger, message, request_id and run_id where known.",
+    )
     git_ca_bundle: Path | None = Field(
         default=None, description="CA bundle for https git remotes (sets GIT_SSL_CAINFO)."
     )
@@ -179,6 +310,12 @@ class Settings(BaseSettings):
     )
     http: HttpSettings = Field(default_factory=HttpSettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    deliveries: DeliverySettings = Field(default_factory=DeliverySettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    mlflow: Annotated[MlflowSettings | None, BeforeValidator(_masked_mlflow)] = Field(
+        default=None, description="Export to MLflow; unset: no export."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -10,7 +10,8 @@ more than the call itself once a service tracks a thousand runs. Only exec
 sessions (websockets) go through ``kubernetes.stream``. Nothing typed by the
 kubernetes client leaks upward. Every call passes a token bucket (the
 Python client has no client-side rate limit) and is counted, read or write,
-for the benchmarks. ``ApiException`` is translated here, once:
+for the benchmarks, and by verb and outcome for Prometheus (``controller.metrics``).
+``ApiException`` is translated here, once:
 
     404 -> NotFound   409 -> Conflict   422/400 -> InvalidInput   else -> ExternalError
 
@@ -43,6 +44,7 @@ from kubernetes.stream.ws_client import (
 from websocket import WebSocketException
 
 from controller.domain.errors import Conflict, ExternalError, InvalidInput, MlexpError, NotFound
+from controller.metrics import KUBERNETES_CALLS
 
 Obj = dict[str, Any]
 """A Kubernetes object as JSON: the one place ``Any`` is allowed, at this boundary."""
@@ -111,6 +113,21 @@ class _NoCopy:
         pass
 
 
+# The metric's verb for calls that are not plain requests (a pod's log is "LOG").
+_VERBS = {"watch": "WATCH"}
+
+
+def status_class(status: int) -> str:
+    """A call's outcome for the metrics: ``ok``, or ``4xx`` / ``5xx`` (bounded labels)."""
+    return "ok" if 0 < status < 400 else f"{status // 100}xx" if status else "error"
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The outcome of a call that got no answer: ``timeout`` or ``connection``."""
+    timeouts = (TimeoutError, urllib3.exceptions.TimeoutError)
+    return "timeout" if isinstance(exc, timeouts) else "connection"
+
+
 def translate(exc: ApiException, what: str) -> MlexpError:
     return problem(int(exc.status or 0), exc.body, exc.reason, what)
 
@@ -169,12 +186,17 @@ class KubeApi:
         self.bucket.acquire()
         with self._calls_lock:
             self.calls[kind_of_call] += 1
+        verb = kind_of_call.upper()  # "exec": a websocket session, not an HTTP verb
         try:
-            return fn(*args, **kw)
+            result = fn(*args, **kw)
         except ApiException as exc:
+            KUBERNETES_CALLS.labels(verb, status_class(int(exc.status or 0))).inc()
             raise translate(exc, what) from exc
         except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            KUBERNETES_CALLS.labels(verb, failure_kind(exc)).inc()
             raise ExternalError(f"{what}: {type(exc).__name__}") from exc
+        KUBERNETES_CALLS.labels(verb, "ok").inc()
+        return result
 
     def _path(
         self, kind: str, namespace: str, name: str | None = None, sub: str | None = None
@@ -216,13 +238,16 @@ class KubeApi:
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=None if stream else READ_TIMEOUT)
+        verb = _VERBS.get(kind_of_call, "LOG" if path.endswith("/log") else method)
         try:
             response = self._pool.request(
                 method, url, body=data, headers=headers, preload_content=not stream,
                 timeout=timeout,
             )  # fmt: skip
         except (OSError, urllib3.exceptions.HTTPError) as exc:
+            KUBERNETES_CALLS.labels(verb, failure_kind(exc)).inc()
             raise ExternalError(f"{what}: {type(exc).__name__}") from exc
+        KUBERNETES_CALLS.labels(verb, status_class(response.status)).inc()
         if response.status >= 400:
             error: Exception = problem(response.status, response.data, response.reason, what)
             if response.status == 410 and stream:  # a watch's resourceVersion is too old

@@ -93,6 +93,38 @@ CREATE TABLE IF NOT EXISTS sweeps (
 CREATE INDEX IF NOT EXISTS sweeps_by_experiment ON sweeps(experiment_id, created_at);
 CREATE INDEX IF NOT EXISTS sweeps_by_state ON sweeps(state, created_at);
 """
+# The outbox (controller.services.outbox): what is to be sent to an outside system, kept
+# before it is sent. ``seq`` orders a target's deliveries; times are Unix seconds.
+DELIVERIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL UNIQUE,
+    target TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_target ON deliveries(target, seq);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(status, target, seq);
+"""
+# Webhook subscriptions (controller.services.notifications); their signing secrets are
+# kept in files (controller.adapters.secrets), never in this database.
+WEBHOOKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhooks (
+    webhook_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_by_owner ON webhooks(owner, created_at);
+"""
 
 
 # A run's insert writes 5 or 6 pages to the WAL (the table and its indexes): a checkpoint
@@ -112,6 +144,29 @@ class IdempotencyRecord(NamedTuple):
     response: bytes | None
 
 
+class DeliveryRow(NamedTuple):
+    """A row of the outbox (times are Unix seconds)."""
+
+    delivery_id: str
+    target: str
+    event_id: str
+    event_type: str
+    payload: str
+    status: str  # pending, delivered, failed
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    finished_at: float | None
+
+
+_DELIVERY_COLUMNS = (
+    "delivery_id, target, event_id, event_type, payload, status, attempts, next_attempt_at,"
+    " last_status, last_error, created_at, finished_at"
+)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +183,8 @@ class Store:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._db.executescript(LATE_INDEXES)
         self._db.executescript(SWEEPS_SCHEMA)
+        self._db.executescript(DELIVERIES_SCHEMA)
+        self._db.executescript(WEBHOOKS_SCHEMA)
         self._lock = threading.Lock()
         # After the schema exists: the reader opens the same file (WAL is persistent).
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -334,6 +391,19 @@ class Store:
         with self._lock:
             rows = self._db.execute(query, [*args, limit, offset]).fetchall()
         return [Run.model_validate_json(r[0]) for r in rows]
+
+    def count_runs_by_state_and_resource(self) -> dict[tuple[str, str], int]:
+        """How many runs there are per (state, resource kind): ``local``, ``job``, ``sts``,
+        ``deploy`` (a workload's name is left out). One grouped scan, for metrics scrapes."""
+        query = (
+            "SELECT state, CASE WHEN instr(r, '/') > 0 THEN substr(r, 1, instr(r, '/') - 1)"
+            " ELSE r END AS kind, COUNT(*)"
+            " FROM (SELECT state, json_extract(body, '$.resource') AS r FROM runs)"
+            " GROUP BY state, kind"
+        )
+        with self._read_lock:
+            rows = self._reader.execute(query).fetchall()
+        return {(str(state), str(kind)): int(count) for state, kind, count in rows}
 
     def transition(
         self,
@@ -608,3 +678,148 @@ class Store:
         for sweep_id, state, count in rows:
             counts[str(sweep_id)][str(state)] = int(count)
         return counts
+
+    # -- deliveries (the outbox) -----------------------------------------------
+    # One row per message to an outside system ("<kind>:<id>" targets), recorded before it
+    # is sent; a target's pending rows are sent in ``seq`` order.
+
+    def add_delivery(self, row: DeliveryRow) -> None:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 12)})",  # noqa: S608 - fixed columns
+                tuple(row),
+            )
+
+    def pending_heads(self) -> list[DeliveryRow]:
+        """The first pending delivery of each target that has one."""
+        query = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE seq IN"  # noqa: S608 - fixed columns
+            " (SELECT MIN(seq) FROM deliveries WHERE status = 'pending' GROUP BY target)"
+        )
+        with self._read_lock:
+            rows = self._reader.execute(query).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: float,
+        last_status: int | None,
+        last_error: str | None,
+        finished_at: float | None,
+    ) -> bool:
+        """An attempt's outcome, for a delivery still pending; False if it no longer is
+        (dropped meanwhile)."""
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?,"
+                " last_status = ?, last_error = ?, finished_at = ?"
+                " WHERE delivery_id = ? AND status = 'pending'",
+                (
+                    status,
+                    attempts,
+                    next_attempt_at,
+                    last_status,
+                    last_error,
+                    finished_at,
+                    delivery_id,
+                ),
+            ).rowcount
+        return bool(changed)
+
+    def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
+        row = self._lookup(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = ?",  # noqa: S608 - fixed columns
+            (delivery_id,),
+        )
+        return _delivery(row) if row else None
+
+    def list_deliveries(
+        self, target: str, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[DeliveryRow]:
+        """A target's deliveries, newest first."""
+        query = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE target = ?"  # noqa: S608 - fixed columns
+        args: list[object] = [target]
+        if status is not None:
+            query += " AND status = ?"
+            args.append(status)
+        query += " ORDER BY seq DESC LIMIT ? OFFSET ?"
+        with self._read_lock:
+            rows = self._reader.execute(query, [*args, limit, offset]).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def delete_deliveries(self, target: str) -> int:
+        """Forget every delivery of ``target`` (its subscription is gone); returns how many."""
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM deliveries WHERE target = ?", (target,)).rowcount
+        return int(deleted)
+
+    def purge_deliveries(self, *, finished_before: float) -> int:
+        """Delete delivered and failed rows that ended before ``finished_before``."""
+        with self._tx() as db:
+            deleted = db.execute(
+                "DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?",
+                (finished_before,),
+            ).rowcount
+        return int(deleted)
+
+    # -- webhooks ---------------------------------------------------------------
+    # A subscription's public record (JSON body: url, events, experiment id); its secret
+    # lives elsewhere.
+
+    def add_webhook(self, webhook_id: str, owner: str, created_at: str, body: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO webhooks VALUES (?, ?, ?, ?)", (webhook_id, owner, created_at, body)
+            )
+
+    def get_webhook(self, webhook_id: str) -> tuple[str, str] | None:
+        """(owner, body) of a webhook."""
+        row = self._lookup("SELECT owner, body FROM webhooks WHERE webhook_id = ?", (webhook_id,))
+        return (str(row[0]), str(row[1])) if row else None
+
+    def list_webhooks(
+        self, *, owner: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[str]:
+        """Bodies, oldest first."""
+        query = "SELECT body FROM webhooks"
+        args: list[object] = []
+        if owner is not None:
+            query += " WHERE owner = ?"
+            args.append(owner)
+        query += " ORDER BY created_at, webhook_id LIMIT ? OFFSET ?"
+        with self._read_lock:
+            rows = self._reader.execute(query, [*args, limit, offset]).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def count_webhooks(self, owner: str) -> int:
+        row = self._lookup("SELECT COUNT(*) FROM webhooks WHERE owner = ?", (owner,))
+        return int(str(row[0])) if row else 0
+
+    def delete_webhook(self, webhook_id: str, target: str) -> bool:
+        """Forget a webhook and its deliveries (one transaction); False if it was gone."""
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,))
+            db.execute("DELETE FROM deliveries WHERE target = ?", (target,))
+        return bool(deleted.rowcount)
+
+
+def _delivery(row: tuple[object, ...] | sqlite3.Row) -> DeliveryRow:
+    values = tuple(row)
+    return DeliveryRow(
+        delivery_id=str(values[0]),
+        target=str(values[1]),
+        event_id=str(values[2]),
+        event_type=str(values[3]),
+        payload=str(values[4]),
+        status=str(values[5]),
+        attempts=int(str(values[6])),
+        next_attempt_at=float(str(values[7])),
+        last_status=None if values[8] is None else int(str(values[8])),
+        last_error=None if values[9] is None else str(values[9]),
+        created_at=float(str(values[10])),
+        finished_at=None if values[11] is None else float(str(values[11])),
+    )

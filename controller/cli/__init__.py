@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.server import server_config
+    from controller.logs import configure_logging
     from controller.services.container import StartupError, preflight
     from controller.settings import load_settings
 
@@ -83,7 +84,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # The server of api.server (header deadline, connection and request caps), not
     # plain uvicorn; the app itself loads the same settings in its lifespan.
-    server = uvicorn.Server(server_config(settings, "api:app"))
+    config = server_config(settings, "api:app")
+    # After uvicorn's own logging setup (done by its Config): its lines get our format too.
+    configure_logging(settings.log_level, settings.log_format)
+    server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from controller.adapters import sandbox
 from controller.adapters.kube import KubeApi
+from controller.adapters.mlflow import MlflowClient
 from controller.adapters.secrets import LocalSecretStore
 from controller.adapters.store import Store
+from controller.adapters.webhooks import WebhookPoster, WebhookSecrets
 from controller.domain.k8sconfig import NamespacePolicy, load_k8s_config
 from controller.executors import Executor
 from controller.executors.kube_exec import ExecExecutor
@@ -21,6 +23,8 @@ from controller.services.auth import TokenRegistry
 from controller.services.compare import CompareService
 from controller.services.events import EventBus
 from controller.services.experiments import ExperimentService
+from controller.services.mlflow_export import MlflowExport
+from controller.services.notifications import WebhookService
 from controller.services.outbox import Outbox, RetryPolicy
 from controller.services.registry import RegistryService
 from controller.services.resources import ResourceService
@@ -54,10 +58,25 @@ class Services:
     sweeps: SweepService = field(init=False)
     registry: RegistryService = field(init=False)
     outbox: Outbox = field(init=False)  # started by the app after the runs
+    webhooks: WebhookService = field(init=False)
+    mlflow: MlflowExport | None = field(init=False)  # when settings.mlflow is set
 
     def __post_init__(self) -> None:
         self.events = EventBus()
         self.outbox = outbox_from(self.settings, self.store)
+        self.webhooks = WebhookService(
+            self.settings,
+            self.store,
+            self.outbox,
+            WebhookPoster(
+                self.experiments.locations,
+                connect_timeout=self.settings.webhooks.connect_timeout_seconds,
+                read_timeout=self.settings.webhooks.read_timeout_seconds,
+            ),
+            WebhookSecrets(self.settings.data_dir / "secrets" / "webhooks"),
+        )
+        self.events.subscribe(self.webhooks.on_event)
+        self.mlflow = mlflow_export(self.settings, self.store, self.outbox, self.events)
         self.runs.subscribe(self.events.run_changed)
         self.compare = CompareService(self.store, self.experiments, self.runs)
         self.registry = RegistryService(
@@ -70,6 +89,9 @@ class Services:
 
     def close(self) -> None:
         self.outbox.stop()
+        self.webhooks.poster.close()
+        if self.mlflow is not None:
+            self.mlflow.close()
         self.sweeps.stop()
         self.runs.stop()
         if self.kube is not None:
@@ -92,6 +114,18 @@ def outbox_from(settings: Settings, store: Store) -> Outbox:
         max_payload_bytes=options.max_payload_bytes,
         retention_days=options.retention_days,
     )
+
+
+def mlflow_export(
+    settings: Settings, store: Store, outbox: Outbox, events: EventBus
+) -> MlflowExport | None:
+    """The MLflow export, sending through the outbox, if ``mlflow`` is configured."""
+    if settings.mlflow is None:
+        return None
+    client = MlflowClient(settings.mlflow.tracking_uri, timeout=settings.mlflow.timeout_seconds)
+    export = MlflowExport(settings.mlflow, store, outbox, client)
+    export.attach(events)
+    return export
 
 
 def local_executor(settings: Settings, tokens: TokenRegistry | None) -> LocalExecutor:

@@ -19,20 +19,10 @@ from controller.domain.models import JsonValue, Run, RunState, utcnow
 
 log = logging.getLogger("mlexp.events")
 
-EVENT_TYPES = (
-    "run.started",
-    "run.succeeded",
-    "run.failed",
-    "run.cancelled",
-    "sweep.finished",
-    "model.registered",
-    "model.promoted",
-)
-
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # one of EVENT_TYPES
+    type: str  # one of controller.domain.webhooks.EVENT_TYPES
     subject: str  # the run id, sweep id, or `<artifact>@<version>`
     owner: str  # the principal whose object it is (only their webhooks see it)
     experiment_id: str

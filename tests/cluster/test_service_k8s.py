@@ -45,7 +45,7 @@ from tests.support.waiting import wait_for
 
 TOKEN = "tok-0123456789abcdef"  # the session git server's password (tests/conftest.py)
 SERVICE_THREADS = ("mlexp-launch", "mlexp-run", "mlexp-log", "mlexp-job-end", "mlexp-watch-",
-                   "mlexp-dispatch", "mlexp-sweeps")  # fmt: skip
+                   "mlexp-dispatch", "mlexp-sweeps", "mlexp-outbox", "mlexp-store-")  # fmt: skip
 
 
 @pytest.fixture
