@@ -369,8 +369,8 @@ def _parser() -> argparse.ArgumentParser:
     wait.set_defaults(func=cmd_run_wait)
 
     # Later nouns, one module each (imported here: they import this package's common).
-    from controller.cli import compare, registry, sweeps, webhooks
+    from controller.cli import compare, registry, sweeps, templates, webhooks
 
-    for module in (sweeps, compare, registry, webhooks):
+    for module in (sweeps, compare, registry, webhooks, templates):
         module.add_commands(sub)
     return parser
