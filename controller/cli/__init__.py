@@ -4,7 +4,7 @@
     mlexp experiment create BUNDLE_DIR [--code DIR ...]
     mlexp experiment list | show ID
     mlexp run start EXPERIMENT_ID [--set key=value ...] [--resource R] [--namespace N]
-                    [--wait | --follow]
+                    [--wait | --follow]     (--follow: the log, and a line per stage on stderr)
     mlexp run list [--experiment ID] [--state S]
     mlexp run show ID | logs ID [--follow] | wait ID | cancel ID [--no-wait]
     mlexp sweep start EXPERIMENT_ID --grid KEY=V1,V2 ... [--max-parallel N] [--follow]
@@ -14,6 +14,7 @@
     mlexp register RUN_ID --artifact NAME | promote EXP ARTIFACT --stage S (--version V | --best)
     mlexp registry EXPERIMENT_ID                                  (controller.cli.registry)
     mlexp demo        # the sample bundle, end to end, on a service of its own
+    mlexp init DIR [--template NAME] [--force] | template list  (controller.cli.templates)
 
 The client commands talk to ``--url`` (env ``MLEXP_URL``, default
 http://127.0.0.1:8080) with ``--token`` (env ``MLEXP_TOKEN``).
@@ -36,6 +37,7 @@ import httpx
 import yaml
 
 from controller.cli import common
+from controller.cli.progress import StageProgress
 from controller.client import ApiError, JsonObject, MlexpClient
 from controller.services.auth import is_loopback
 
@@ -103,20 +105,40 @@ class BundleFiles(NamedTuple):
 
 
 def bundle_parts(bundle: Path, code: Sequence[Path]) -> BundleFiles:
-    """The files of a bundle folder, and code files named by path relative to each dir's parent."""
+    """The files of a bundle folder, and code files named by path relative to each dir's parent.
+
+    The bundle's own ``src/`` (as ``mlexp init`` writes it) is posted too when present,
+    besides the ``--code`` dirs; a repo path given twice is an error.
+    """
     params = next(
         (bundle / n for n in ("params.yaml", "params.json") if (bundle / n).is_file()), None
     )
     if params is None:
         raise ValueError(f"{bundle}: no params.yaml or params.json")
+    directories = list(code)
+    own = bundle / "src"
+    if own.is_dir() and not any(_same_dir(own, directory) for directory in directories):
+        directories.insert(0, own)
     files: list[tuple[str, Path]] = []
-    for directory in code:
+    origin: dict[str, Path] = {}
+    for directory in directories:
         if not directory.is_dir():
             raise ValueError(f"--code {directory}: not a directory")
         for path in sorted(directory.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
-                files.append((path.relative_to(directory.parent).as_posix(), path))
+                name = path.relative_to(directory.parent).as_posix()
+                if name in origin:
+                    raise ValueError(f"{name} would be posted twice: {origin[name]} and {path}")
+                origin[name] = path
+                files.append((name, path))
     return BundleFiles(bundle / "repo.json", bundle / "dvc.yaml", params, files)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def cmd_experiment_create(args: argparse.Namespace) -> int:
@@ -164,6 +186,11 @@ def parse_set(values: Sequence[str]) -> dict[str, object]:
 
 def cmd_run_start(args: argparse.Namespace) -> int:
     client = _client(args)
+    progress: StageProgress | None = None
+    if args.follow:
+        # Stage i of n: n from the experiment; the clock starts at submission.
+        stages = client.get_experiment(args.experiment_id).get("stages")
+        progress = StageProgress([str(s) for s in stages] if isinstance(stages, list) else [])
     run = client.start_run(
         args.experiment_id,
         params=parse_set(args.set),
@@ -174,9 +201,13 @@ def cmd_run_start(args: argparse.Namespace) -> int:
     if not (args.wait or args.follow):
         _print(args, run, f"queued {run_id}")
         return 0
-    if args.follow:
+    if progress is not None:
+        # The log on stdout as it is; a line per stage on stderr, after the log up to it.
         for text in client.follow_logs(run_id):
             sys.stdout.write(text)
+            sys.stdout.flush()
+            for line in progress.feed(text):
+                print(line, file=sys.stderr, flush=True)
     final = client.wait(run_id)
     report_run(final)
     return 0 if final["state"] == "succeeded" else 1
@@ -324,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION"
     )
     create = exp.add_parser(
-        "create", help="post a bundle folder (repo.json, dvc.yaml, params.yaml)"
+        "create", help="post a bundle folder (repo.json, dvc.yaml, params.yaml, src/)"
     )
     create.add_argument("bundle", type=Path)
     create.add_argument(
@@ -344,7 +375,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--resource", default="local")
     start.add_argument("--namespace")
     start.add_argument("--wait", action="store_true", help="wait for the run to end")
-    start.add_argument("--follow", action="store_true", help="stream the log until the run ends")
+    start.add_argument(
+        "--follow",
+        action="store_true",
+        help="stream the log until the run ends; a line per stage (i of n, elapsed) on stderr",
+    )
     start.set_defaults(func=cmd_run_start)
     listing = run.add_parser("list")
     listing.add_argument("--experiment")
