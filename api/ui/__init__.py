@@ -6,7 +6,8 @@ shows a person is also what ``curl`` gets. What this module adds is how the file
 * under a strict Content-Security-Policy (scripts and styles from this origin only, no inline
   script, no ``eval``; requests to this origin only; no framing), with ``nosniff`` and no
   referrer;
-* the shell is never cached (it names the assets), the assets are revalidated by ETag.
+* the shell is never stored (it names the assets), the project's own assets are revalidated
+  by ETag, the vendored ones (their folder names their version) are kept by the browser.
 
 The browser-safety middleware (Host, Origin) applies to these paths as to every other.
 """
@@ -45,18 +46,27 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 
+IMMUTABLE = b"public, max-age=31536000, immutable"
+REVALIDATE = b"no-cache"
+
 
 class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` to every answer of the wrapped app."""
+    """Adds :data:`SECURITY_HEADERS` and a caching rule to every answer of the static files."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A vendored file's path names its version: it never changes, so browsers keep it.
+        # The project's own files are revalidated (ETag) on every load.
+        vendored = scope.get("path", "").startswith("/ui/static/vendor/")
+        caching = IMMUTABLE if vendored else REVALIDATE
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.setdefault("headers", [])
                 headers.extend(SECURITY_HEADERS)
+                headers.append((b"cache-control", caching))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
