@@ -13,6 +13,7 @@
   const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
   const PAGE_SIZE = 50;
   const LOG_SCREEN_CHARS = 1_000_000; // the page keeps the tail of a longer log
+  const INTEGER_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
   const COLORS = ["#1f4e8c", "#b35900", "#1d6b32", "#a1221b", "#6a3d9a", "#00707a"];
 
   let page = null; // what the current route started: fetches to abort, timers, charts
@@ -172,7 +173,7 @@
 
   // A uPlot chart in `box`; series: [{label, values, line?}] over xs. data-points counts
   // the points drawn (non-null y of the first series), for people and tests alike.
-  function chart(box, { xs, series, xLabel, yLabel, title }) {
+  function chart(box, { xs, series, xLabel, yLabel, title, integerX = false }) {
     box.replaceChildren();
     box.dataset.points = String(series.length ? series[0].values.filter((v) => v !== null).length : 0);
     box.setAttribute("role", "img");
@@ -191,7 +192,7 @@
       height: 240,
       scales: { x: { time: false } },
       legend: { show: series.length > 1 },
-      axes: [{ label: xLabel }, { label: yLabel, size: 60 }],
+      axes: [integerX ? { label: xLabel, incrs: INTEGER_STEPS } : { label: xLabel }, { label: yLabel, size: 60 }],
       series: [{ label: xLabel }].concat(series.map((s, i) => ({
         label: s.label,
         stroke: COLORS[i % COLORS.length],
@@ -217,6 +218,15 @@
 
   // -- sortable, filterable, paged table of runs ---------------------------------------------
 
+  // "Params" and "Metrics" over their columns: a param and a metric may share a name.
+  function groupRow(columns) {
+    const count = (kind) => columns.filter((c) => c.kind === kind).length;
+    const cells = [h("th", { colspan: String(count(undefined)) })];
+    if (count("param")) cells.push(h("th", { colspan: String(count("param")), scope: "colgroup" }, "Params"));
+    if (count("metric")) cells.push(h("th", { colspan: String(count("metric")), scope: "colgroup", class: "metric" }, "Metrics"));
+    return h("tr", { class: "groups" }, cells);
+  }
+
   function runsTable(view, rows) {
     const { columns } = view;
     const sorted = rows.slice();
@@ -240,7 +250,7 @@
     const head = columns.map((c) => {
       const active = view.sort && view.sort.key === c.key;
       const dir = active ? view.sort.dir : null;
-      return h("th", { scope: "col", "aria-sort": active ? (dir === "asc" ? "ascending" : "descending") : "none" },
+      return h("th", { scope: "col", class: c.kind === "metric" && c === columns.find((k) => k.kind === "metric") ? "metric" : null, "aria-sort": active ? (dir === "asc" ? "ascending" : "descending") : "none" },
         h("button", {
           type: "button", class: "sort", "aria-pressed": active ? "true" : "false",
           onclick: () => {
@@ -258,7 +268,7 @@
     const wrap = h("div", null,
       h("div", { class: "scroll" }, h("table", { "data-testid": "runs-table", dataset: { rows: String(sorted.length) } },
         h("caption", { class: "skip" }, "Runs"),
-        h("thead", null, h("tr", null, head)),
+        h("thead", null, groupRow(columns), h("tr", null, head)),
         h("tbody", null, body))),
       h("div", { class: "pager" },
         h("button", { type: "button", class: "quiet", disabled: view.page === 0, onclick: () => { view.page -= 1; view.render(); } }, "← Previous"),
@@ -350,9 +360,9 @@
         { key: "sweep", label: "Sweep", value: (r) => r.sweep_id || "", cell: (r) => h("td", null, r.sweep_id ? link(`#/sweeps/${encodeURIComponent(r.sweep_id)}`, short(r.sweep_id)) : "") },
         { key: "created", label: "Created", value: (r) => r.created_at, cell: (r) => h("td", null, when(r.created_at)) },
       ].concat(table_.param_columns.map((p) => ({
-        key: `p:${p}`, label: p, value: (r) => r.params[p], cell: (r) => h("td", { class: typeof r.params[p] === "number" ? "num" : null }, fmt(r.params[p])),
+        key: `p:${p}`, kind: "param", label: p, value: (r) => r.params[p], cell: (r) => h("td", { class: typeof r.params[p] === "number" ? "num" : null }, fmt(r.params[p])),
       }))).concat(table_.metric_columns.map((m) => ({
-        key: `m:${m}`, label: m, value: (r) => r.metrics[m], cell: (r) => h("td", { class: "num" }, fmt(r.metrics[m])),
+        key: `m:${m}`, kind: "metric", label: m, value: (r) => r.metrics[m], cell: (r) => h("td", { class: "num" }, fmt(r.metrics[m])),
       })));
       if (!view.sort) view.sort = { key: "created", dir: "desc" };
       const rows = table_.rows.filter((r) => (!view.state || r.state === view.state)
@@ -371,7 +381,7 @@
       chart(metricChart, {
         xs: finished.map((_, i) => i + 1),
         series: [{ label: m, values: finished.map((r) => r.metrics[m]) }],
-        xLabel: "run", yLabel: m, title: metricTitle.textContent,
+        xLabel: "run", yLabel: m, title: metricTitle.textContent, integerX: true,
       });
       const p = view.param || table_.param_columns.find((c) => finished.some((r) => typeof r.params[c] === "number")) || "";
       const pairs = finished.filter((r) => typeof r.params[p] === "number")
@@ -472,7 +482,7 @@
             : empty("No metrics.")),
           h("section", { class: "card" }, h("h3", null, "Params"), table(["Param", "Value"],
             Object.entries(result.params).map(([k, v]) => h("tr", null, h("td", null, k), h("td", null, fmt(v))))))),
-        result.warnings.length ? h("ul", { class: "error" }, result.warnings.map((w) => h("li", null, w))) : null);
+        result.warnings.length ? h("ul", { class: "error" }, result.warnings.map((w) => h("li", null, w))) : "");
     };
 
     let plotsShown = "";
@@ -628,8 +638,8 @@
       page.charts = [];
       chart(progressChart, {
         xs: trials.map((t) => t.number),
-        series: [{ label: "trial", values }, { label: "best so far", values: bests, line: true }],
-        xLabel: "trial", yLabel: objective ? objective.metric : "value", title: "Best so far over trials",
+        series: [{ label: objective ? objective.metric : "value", values }, { label: "best so far", values: bests, line: true }],
+        xLabel: "trial", yLabel: objective ? objective.metric : "value", title: "Best so far over trials", integerX: true,
       });
       return sweep.state === "running";
     };
