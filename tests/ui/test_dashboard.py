@@ -418,3 +418,51 @@ def test_a_thousand_runs_render_in_under_a_second(
             assert console.errors == []
         finally:
             context.close()
+
+
+TOKEN = "ui-tier-token-0123456789abcdef"
+
+
+def test_a_token_is_asked_once_and_travels_only_in_the_header(browser: Any, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f'tokens:\n  - token: "{TOKEN}"\n    name: alice\n')
+    settings = ui_settings(tmp_path).model_copy(update={"tokens_file": tokens})
+    with service_in_thread(settings) as service:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        experiment = create(
+            httpx.Client(base_url=service.url, headers=auth, timeout=60),
+            small_parts(CURVE_DVC, "x: 1\n"),
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            browser_page = context.new_page()
+            browser_page.set_default_timeout(TIMEOUT_MS)
+            console = Console()
+            console.attach(browser_page)
+            sent: list[tuple[str, str | None]] = []
+            browser_page.on(
+                "request", lambda r: sent.append((r.url, r.headers.get("authorization")))
+            )
+            browser_page.goto(f"{service.url}/ui")
+            browser_page.wait_for_selector("#token-form:not([hidden])")
+            assert "asks for a token" in browser_page.inner_text("#notice")
+            browser_page.fill("#token-input", TOKEN)
+            browser_page.press("#token-input", "Enter")
+            ready(browser_page, "/")
+            assert str(experiment["experiment_id"]) in browser_page.inner_text("main")
+            # Kept for the tab, used on the next page without being asked again.
+            browser_page.click(f"text={experiment['experiment_id']}")
+            ready(browser_page, f"/experiments/{experiment['experiment_id']}")
+            assert browser_page.is_hidden("#token-form")
+            stored = browser_page.evaluate("() => sessionStorage.getItem('mlexp.token')")
+            assert stored == TOKEN
+            assert browser_page.evaluate("() => document.cookie") == ""
+            assert browser_page.evaluate("() => localStorage.length") == 0
+            assert all(TOKEN not in url for url, _ in sent)
+            api_calls = [(u, a) for u, a in sent if "/experiments" in u and "/ui" not in u]
+            assert api_calls
+            assert api_calls[-1][1] == f"Bearer {TOKEN}"
+            # The only console error: the browser's own line for the first 401.
+            assert [e for e in console.errors if "401" not in e] == []
+        finally:
+            context.close()
