@@ -183,6 +183,13 @@ def test_runs_table_and_a_point_per_finished_run(
     browser_page, console = page
     browser_page.goto(world.url("/"))
     ready(browser_page, "/")
+    # From the keyboard: the first Tab reaches the skip link, which moves focus to the page
+    # (and leaves the route alone).
+    browser_page.keyboard.press("Tab")
+    assert browser_page.evaluate("() => document.activeElement.id") == "skip"
+    browser_page.keyboard.press("Enter")
+    assert browser_page.evaluate("() => document.activeElement.id") == "main"
+    assert browser_page.url.endswith("/ui#/")
     assert world.experiment_id in browser_page.inner_text('[data-testid="experiments-table"]')
     browser_page.fill("#exp-search", "no-such-experiment")
     assert "No experiment matches" in browser_page.inner_text("main")
@@ -229,6 +236,8 @@ def test_runs_table_and_a_point_per_finished_run(
     assert "3 of 3 trials ended" in browser_page.inner_text("main")
     best = browser_page.locator('[data-testid="best-chart"]')
     assert best.get_attribute("data-points") == "3"
+    per_param = browser_page.locator('#per-param .chart[data-param="x"]')
+    assert per_param.get_attribute("data-points") == "3"
     shoot(browser_page, tmp_path, "sweep")
     assert console.errors == []
 

@@ -636,6 +636,7 @@
           h("td", { class: "num" }, fmt(t.value)))), { "data-testid": "trials-table" }));
       page.charts.forEach((c) => c.destroy());
       page.charts = [];
+      drawPerParam(sweep, trials);
       chart(progressChart, {
         xs: trials.map((t) => t.number),
         series: [{ label: objective ? objective.metric : "value", values }, { label: "best so far", values: bests, line: true }],
@@ -643,8 +644,25 @@
       });
       return sweep.state === "running";
     };
+    // The objective against each searched param, side by side (what a parallel-coordinates
+    // view shows for the few params a sweep searches).
+    const perParam = h("div", { class: "grid", id: "per-param" });
+    const drawPerParam = (sweep, trials) => {
+      const objective = sweep.request.objective;
+      const search = sweep.request.grid || (sweep.request.random || sweep.request.adaptive || {}).space || {};
+      perParam.replaceChildren();
+      if (!objective) return;
+      for (const key of Object.keys(search)) {
+        const pairs = trials.filter((t) => t.state === "succeeded" && typeof t.value === "number" && typeof t.params[key] === "number")
+          .map((t) => [t.params[key], t.value]).sort((a, b) => a[0] - b[0]);
+        const box = h("div", { class: "chart", dataset: { param: key } });
+        perParam.append(h("section", { class: "card" }, h("h3", null, `${objective.metric} against ${key}`), box));
+        chart(box, { xs: pairs.map((p) => p[0]), series: [{ label: objective.metric, values: pairs.map((p) => p[1]) }], xLabel: key, yLabel: objective.metric, title: `${objective.metric} against ${key}` });
+      }
+    };
     main.replaceChildren(h("h1", null, `Sweep ${id}`), box,
-      h("section", { class: "card" }, h("h3", null, "Objective per trial, and the best so far"), progressChart));
+      h("section", { class: "card" }, h("h3", null, "Objective per trial, and the best so far"), progressChart),
+      perParam);
     if (render(await api(`/sweeps/${enc}`))) every(2000, async () => render(await api(`/sweeps/${enc}`)));
   }
 
@@ -763,6 +781,11 @@
 
   function start() {
     setUpToken();
+    // The skip link moves focus; following its href would change the route.
+    $("#skip").addEventListener("click", (event) => {
+      event.preventDefault();
+      $("#main").focus();
+    });
     route();
     fetch("/healthz", { cache: "no-store" }).then((r) => r.json()).then((health) => {
       $("#nav-resources").hidden = health.kubernetes_api_calls === null || health.kubernetes_api_calls === undefined;
