@@ -47,7 +47,8 @@
     if (value === null || value === undefined) return "";
     if (typeof value === "number") {
       if (Number.isInteger(value)) return String(value);
-      return Math.abs(value) >= 1e-3 && Math.abs(value) < 1e6 ? value.toPrecision(4) : value.toExponential(3);
+      // Five significant digits, without trailing zeros (0.1, not 0.1000).
+      return Math.abs(value) >= 1e-3 && Math.abs(value) < 1e6 ? String(Number(value.toPrecision(5))) : value.toExponential(3);
     }
     return typeof value === "object" ? JSON.stringify(value) : String(value);
   }
