@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from anyio import CapacityLimiter
 from fastapi import FastAPI
 
-from api import errors, idempotency, openapi
+from api import errors, idempotency, openapi, ui
 from api.browser import BrowserPolicy
 from api.deadlines import BodyDeadline
 from api.middleware import BodyLimit, BrowserSafety, HttpMetrics, RequestId
@@ -78,4 +78,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in routers:
         app.include_router(module.router)
     openapi.install(app)
+    ui.install(app)  # the dashboard: static files, a client of the routes above
     return app

@@ -54,3 +54,21 @@ ensure_sandbox() {
     return 1
   fi
 }
+
+# The browser of the ui test tier: Debian's chromium, driven by Playwright (which never
+# downloads a browser of its own here). Installed with apt-get when we are root; otherwise
+# the tier is skipped with the reason (a failure under CI=true, see tests/support/prereqs.py).
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium (the ui test tier's browser) with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || true
+  fi
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    echo "==> no chromium: the ui tier will be skipped (sudo apt-get install chromium)" >&2
+  fi
+}
