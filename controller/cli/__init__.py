@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -297,6 +298,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         final = client.wait(str(run["run_id"]))
         print("==> result")
         report_run(final)
+        print("==> to see it in the dashboard (its charts, its log), serve the demo's data dir:")
+        print(f"    mlexp serve --data-dir {shlex.quote(str(data_dir))}")
+        print(f"    then open http://127.0.0.1:8080/ui#/runs/{final['run_id']}")
         return 0 if final["state"] == "succeeded" else 1
     finally:
         server.terminate()
