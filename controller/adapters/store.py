@@ -418,6 +418,22 @@ class Store:
 
         A terminal state is final: no transition leaves it.
         """
+        changed = self.change_state(
+            run_id, state, reason=reason, result=result, only_from=only_from
+        )
+        return changed[0] if changed else None
+
+    def change_state(
+        self,
+        run_id: str,
+        state: RunState,
+        *,
+        reason: str | None = None,
+        result: RunResult | None = None,
+        only_from: tuple[RunState, ...] | None = None,
+    ) -> tuple[Run, RunState] | None:
+        """:meth:`transition`, also returning the state the run had before (read in the
+        same transaction, so no other change can come between)."""
         with self._tx() as db:
             row = db.execute("SELECT body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
@@ -438,7 +454,7 @@ class Store:
                 "UPDATE runs SET state = ?, body = ? WHERE run_id = ?",
                 (state.value, updated.model_dump_json(), run_id),
             )
-        return updated
+        return updated, run.state
 
     def request_cancel(self, run_id: str) -> Run | None:
         """Mark an active run ``cancel_requested``; None if it has ended (or does not exist)."""

@@ -159,12 +159,13 @@ class RunService:
         only_from: tuple[RunState, ...] | None = None,
     ) -> Run | None:
         """Record a change of state (see :meth:`Store.transition`) and tell subscribers."""
-        before = self.store.get_run(run_id) if self._subscribers else None
-        updated = self.store.transition(
+        changed = self.store.change_state(
             run_id, state, reason=reason, result=result, only_from=only_from
         )
-        if updated is not None:
-            self._changed(updated, before.state if before else None)
+        if changed is None:
+            return None
+        updated, previous = changed
+        self._changed(updated, previous)
         return updated
 
     # -- lifecycle ---------------------------------------------------------
