@@ -138,8 +138,18 @@ def test_a_run_is_delivered_in_order_signed_and_without_credentials(
         run = service.wait_run(run_id)
         assert run["state"] == "succeeded", run
         got = receiver.wait_count(2)
-        time.sleep(0.5)  # nothing more comes
+        # Deliveries are recorded when the events are published (before the run's state
+        # is): two for this webhook, both sent; none for the other experiment's webhook.
+        wait_for(
+            lambda: (
+                [r["status"] for r in deliveries(http, hook["webhook_id"])]
+                == ["delivered", "delivered"]
+            ),
+            30,
+            what="both deliveries to be marked delivered",
+        )
         assert len(receiver.received()) == 2
+        assert deliveries(http, other["webhook_id"]) == []
         assert elsewhere.received() == []
 
     started, succeeded = (verified(hook["secret"], r) for r in got)
@@ -203,7 +213,8 @@ def test_a_receiver_that_fails_three_times_gets_the_event_once(service: RunningS
             30,
             what="the delivery to end",
         )
-        time.sleep(0.8)  # more than a retry's wait: no fifth request
+        # A delivery that ended is never sent again: the receiver's count is final.
+        assert len(deliveries(http, hook["webhook_id"])) == 1
         assert len(receiver.received()) == 4
     assert row["status"] == "delivered"
     assert row["attempts"] == 4
@@ -305,7 +316,8 @@ def test_tenants_see_and_receive_only_their_own(
         run_b = start(b, exp_b["experiment_id"], x=2)
         event = verified(hook_b["secret"], for_b.wait_count(1)[0])
         assert event["subject"] == run_b
-        time.sleep(0.5)
+        # The event was published (B got it): nothing was recorded for A's webhook.
+        assert deliveries(a, hook_a["webhook_id"]) == []
         assert for_a.received() == []
 
         wid = hook_a["webhook_id"]
@@ -320,8 +332,8 @@ def test_tenants_see_and_receive_only_their_own(
             assert response.headers["content-type"].startswith("application/problem+json")
         assert [h["webhook_id"] for h in b.get("/webhooks").json()] == [hook_b["webhook_id"]]
         assert [h["webhook_id"] for h in a.get("/webhooks").json()] == [wid]
-        time.sleep(0.3)
-        assert for_a.received() == []  # B's "test" sent nothing to A
+        assert deliveries(a, wid) == []  # B's "test" recorded nothing for A's webhook
+        assert for_a.received() == []
         assert a.get(f"/webhooks/{wid}").status_code == 200
 
 
