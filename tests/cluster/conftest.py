@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.support.cluster import Cluster, ClusterError, build_binaries
+from tests.support.jobdriver import JobDriver
 from tests.support.prereqs import require, require_tools
 
 HERE = Path(__file__).resolve().parent
@@ -65,3 +66,12 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def driver(
+    k8s_cluster: Cluster, k8s_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> Iterator[JobDriver]:
+    """Job pods on kwok nodes executed on the host (tests/support/jobdriver.py)."""
+    with JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods") as running:
+        yield running

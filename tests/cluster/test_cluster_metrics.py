@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.settings import EgressSettings, Settings
@@ -53,14 +52,6 @@ def k8s_service(
         }
     )
     with service_in_thread(configured) as running:
-        yield running
-
-
-@pytest.fixture
-def driver(
-    k8s_cluster: Cluster, k8s_api: client.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[JobDriver]:
-    with JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods") as running:
         yield running
 
 

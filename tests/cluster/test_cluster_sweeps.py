@@ -8,7 +8,6 @@ order), uses both slots, and completes with every trial published.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from kubernetes import client, watch
 
 from controller.settings import EgressSettings, Settings
+from tests.cluster.test_service_k8s import remote_repo
 from tests.support.bundles import QUICK_DVC, create, small_parts
 from tests.support.cluster import MANUAL_DRIVE, Cluster
 from tests.support.gitserver import GitHttpServer
@@ -25,8 +25,6 @@ from tests.support.jobdriver import JobDriver
 from tests.support.s3server import S3Server
 from tests.support.service import RunningService, service_in_thread
 from tests.support.waiting import wait_for
-
-TOKEN = "tok-0123456789abcdef"  # the session git server's password (tests/conftest.py)
 
 
 @pytest.fixture
@@ -51,29 +49,6 @@ def service(
     )
     with service_in_thread(k8s) as running:
         yield running
-
-
-@pytest.fixture
-def driver(
-    k8s_cluster: Cluster, k8s_api: client.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[JobDriver]:
-    with JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods") as running:
-        yield running
-
-
-def remote_repo(git: GitHttpServer, s3: S3Server) -> dict[str, object]:
-    bucket = f"sweep-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
-    return {
-        "git": {"url": git.create_bare(bucket), "username": "mlexp-bot", "token": TOKEN},
-        "dvc": {"url": f"s3://{bucket}/data"},
-        "storage": {
-            "endpoint_url": s3.endpoint_url,
-            "access_key_id": s3.access_key_id,
-            "secret_access_key": s3.secret_access_key,
-            "region": s3.region,
-        },
-    }
 
 
 class JobWatch:

@@ -80,14 +80,6 @@ def service(k8s_settings: Settings) -> Iterator[RunningService]:
         yield running
 
 
-@pytest.fixture
-def driver(
-    k8s_cluster: Cluster, k8s_api: client.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[JobDriver]:
-    with JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods") as running:
-        yield running
-
-
 def remote_repo(git: GitHttpServer, s3: S3Server) -> dict[str, object]:
     name = f"k8s-{uuid.uuid4().hex[:8]}"
     bucket = f"k8s-{uuid.uuid4().hex[:8]}"
