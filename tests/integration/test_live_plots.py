@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import templates
-from tests.support.bundles import create, small_parts, start
+from tests.support.bundles import create, small_parts, start, template_parts
 from tests.support.service import RunningService
 from tests.support.waiting import wait_for
 
@@ -42,17 +41,6 @@ plots:
   - linked/secret.csv
   - good.csv
 """
-
-
-def template_parts(name: str) -> list[tuple[str, tuple[str, bytes]]]:
-    files = templates.get(name).files
-    parts = [
-        ("repo_json", ("repo.json", files["repo.json"])),
-        ("dvc_yaml_file", ("dvc.yaml", files["dvc.yaml"])),
-        ("hyperparams_file", ("params.yaml", files["params.yaml"])),
-    ]
-    parts += [("files", (path, data)) for path, data in files.items() if path.startswith("src/")]
-    return parts
 
 
 def curve_rows(service: RunningService, run_id: str) -> tuple[int, bool]:
