@@ -53,6 +53,7 @@ import ctypes
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import stat
@@ -60,7 +61,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 STATUS_FILE = "status.json"
@@ -76,6 +77,14 @@ FOLLOW_GROUP_SECONDS = 1.0  # how often it scans /proc for the group, once the r
 FOLLOW_HEARTBEAT_SECONDS = 10.0  # a line at least this often, so a dead session shows
 FOLLOW_CHUNK = 48 * 1024  # log bytes per line (64 KiB of base64)
 MAX_STATUS_BYTES = 16 * 1024 * 1024  # status.json with its metrics files
+# Live plots (Kubernetes): the plot files the spec lists, reported through the log as they
+# grow, one marker line per chunk (controller.domain.liveplots reads them; same values).
+PLOT_MARKER = b"\x1e@mlexp-plot "
+PLOT_CHUNK = 48 * 1024  # file bytes per marker line (64 KiB of base64)
+PLOT_FILE_BYTES = 8 * 1024 * 1024  # the most of one file reported
+PLOT_REPORT_BUDGET = 16 * 1024 * 1024  # marker bytes one run writes, all files together
+PLOT_MAX_FILES = 64
+PLOT_CHECK_BYTES = 64  # the end of what was sent, read again to notice a rewritten file
 
 
 # What carries a credential in the runner's environment; stages get none of it.
@@ -163,6 +172,14 @@ class CappedLog:
             self._emit(self.tail.popleft())
         self.tail_bytes = 0
 
+    def report(self, line: bytes) -> None:
+        """A marker line (live plots), beside the log: not counted against its cap (the
+        reports have a budget of their own) and taken out again by the service, wherever
+        in a line of the log it lands."""
+        at_line_start = self.at_line_start
+        self._emit(line)
+        self.at_line_start = at_line_start
+
     def _emit(self, data: bytes) -> None:
         if not data:
             return
@@ -235,6 +252,76 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as src:
         return src.read(limit + 1)[:limit]
+
+
+class PlotReporter:
+    """Reports the plot files a run's ``dvc.yaml`` declares as they grow (Kubernetes).
+
+    Each :meth:`poll` reads what each file gained since the last one (opened beneath the
+    clone without following a symlink, regular files only) and returns it as marker lines:
+    ``PLOT_MARKER`` + ``{"path", "offset", "b64"}`` + newline. A file that shrank, was
+    replaced, or whose last sent bytes changed (a JSON document rewritten whole) is sent
+    again from offset 0. Bounded: :data:`PLOT_FILE_BYTES` of a file, :data:`PLOT_CHUNK` per
+    line, :data:`PLOT_REPORT_BUDGET` for the run.
+    """
+
+    def __init__(self, repo: Path, paths: Sequence[str], budget: int = PLOT_REPORT_BUDGET):
+        self.repo = repo
+        self.paths = [p for p in dict.fromkeys(paths) if isinstance(p, str)][:PLOT_MAX_FILES]
+        self.budget = budget
+        self.sent: dict[str, tuple[int, bytes, int]] = {}  # offset, its last bytes, inode
+
+    def poll(self) -> list[bytes]:
+        lines: list[bytes] = []
+        for path in self.paths:
+            lines += self._poll(path)
+        return lines
+
+    def _poll(self, path: str) -> list[bytes]:
+        try:
+            fd = open_beneath(self.repo, path, os.O_RDONLY | os.O_NONBLOCK)
+        except (OSError, StepFailed):
+            return []
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return []
+            offset, tail, inode = self.sent.get(path, (0, b"", -1))
+            rewritten = inode not in (-1, info.st_ino) or info.st_size < offset
+            if not rewritten and tail:
+                rewritten = os.pread(fd, len(tail), offset - len(tail)) != tail
+            lines: list[bytes] = []
+            if rewritten:
+                offset, tail = 0, b""
+                if info.st_size == 0:
+                    lines.append(self._line(path, 0, b""))  # start it anew, empty
+            end = min(info.st_size, PLOT_FILE_BYTES)
+            while offset < end:
+                data = os.pread(fd, min(PLOT_CHUNK, end - offset), offset)
+                if not data:
+                    break
+                lines.append(self._line(path, offset, data))
+                offset += len(data)
+                tail = (tail + data)[-PLOT_CHECK_BYTES:]
+            kept: list[bytes] = []
+            for line in lines:
+                if len(line) > self.budget:
+                    self.budget = 0
+                    break
+                self.budget -= len(line)
+                kept.append(line)
+            if len(kept) == len(lines):
+                self.sent[path] = (offset, tail, info.st_ino)
+            return kept
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _line(path: str, offset: int, data: bytes) -> bytes:
+        body = {"path": path, "offset": offset, "b64": base64.b64encode(data).decode()}
+        return PLOT_MARKER + json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
 def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
@@ -330,11 +417,15 @@ class Runner:
         check: bool = True,
         env: Mapping[str, str] | None = None,
         capture: bool = False,
+        tick: Callable[[], None] | None = None,
+        every: float = 2.0,
     ) -> str:
         """Run a step, its output streamed into the log as it comes.
 
         With ``capture`` the start of the output (up to :data:`MAX_CAPTURE`) is also
         returned, for the few steps whose answer the runner reads (a ref, a commit).
+        ``tick`` is called about ``every`` seconds while the step runs, between reads of
+        its output (no thread: the log has one writer).
         """
         log("$ " + " ".join(argv))
         proc = subprocess.Popen(
@@ -350,7 +441,18 @@ class Runner:
         try:
             with proc.stdout:
                 fd = proc.stdout.fileno()
-                while chunk := os.read(fd, READ_CHUNK):
+                due = time.monotonic() + every
+                while True:
+                    if tick is not None:
+                        ready = select.select([fd], [], [], max(0.0, due - time.monotonic()))[0]
+                        if time.monotonic() >= due:
+                            tick()
+                            due = time.monotonic() + every
+                        if not ready:
+                            continue
+                    chunk = os.read(fd, READ_CHUNK)
+                    if not chunk:
+                        break
                     OUTPUT.write(chunk)
                     if capture and len(kept) < MAX_CAPTURE:
                         kept += chunk[: MAX_CAPTURE - len(kept)]
@@ -434,7 +536,15 @@ class Runner:
 
         self.step("dvc repro")
         # Stage code is the caller's: it runs without any credential in its environment.
-        self.run("dvc", "repro", env=without_credentials(self.env))
+        reporter = self.plot_reporter()
+        tick = None if reporter is None else lambda: _report(reporter)
+        every = self.spec.get("plot_report_seconds")
+        self.run(
+            "dvc", "repro", env=without_credentials(self.env), tick=tick,
+            every=float(every) if isinstance(every, (int, float)) and every > 0 else 2.0,
+        )  # fmt: skip
+        if reporter is not None:
+            _report(reporter)  # the last rows, before the run's end is reported
 
         self.step("commit results")
         self.run("git", "add", "--all")
@@ -461,6 +571,15 @@ class Runner:
             return remote[0]
         return commit
 
+    def plot_reporter(self) -> PlotReporter | None:
+        """A reporter of the spec's ``plot_files`` if the spec asks for reports (Kubernetes:
+        the service cannot read the work dir there)."""
+        every = self.spec.get("plot_report_seconds")
+        files = self.spec.get("plot_files") or []
+        if not every or not isinstance(files, list) or not files:
+            return None
+        return PlotReporter(self.repo, [str(f) for f in files])
+
     def configure_cache(self) -> None:
         """Point DVC at a shared cache (local profile) through the uncommitted config.local."""
         cache_dir = self.spec.get("cache_dir")
@@ -483,6 +602,11 @@ def log(message: str) -> None:
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     OUTPUT.write(f"[mlexp {stamp}] {message}\n".encode())
+
+
+def _report(reporter: PlotReporter) -> None:
+    for line in reporter.poll():
+        OUTPUT.report(line)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

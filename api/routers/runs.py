@@ -167,16 +167,24 @@ class RunPlots(BaseModel):
     run_id: str
     plots: list[PlotRows] = Field(
         description="Each plot dvc.yaml declares, with its definition and, per data file, "
-        "its rows (or why there are none). Empty until the run has succeeded."
+        "its rows (or why there are none). While the run runs, its plot files as they stand "
+        "(live); once it has succeeded, as its commit holds them; otherwise empty."
+    )
+    live: bool = Field(
+        default=False,
+        description="True while the run runs: the rows are read as its stages write them "
+        "(from its work dir, or as its runner reports them on Kubernetes) and will grow.",
     )
 
 
 @router.get("/runs/{run_id}/plots", response_model=RunPlots)
 def get_run_plots(caller: Caller, runs: Runs, run_id: str) -> RunPlots:
-    """The run's plot data, as its commit holds it: rows of the JSON, YAML, CSV and TSV
-    files ``dvc.yaml`` declares as plots, with the x/y fields each plot names."""
+    """The run's plot data: rows of the JSON, YAML, CSV and TSV files ``dvc.yaml`` declares
+    as plots, with the x/y fields each plot names -- as its commit holds them once it has
+    succeeded, and, while it runs, as its stages write them (``live: true``)."""
     # A plain def: the rows (up to megabytes) are parsed in a worker thread.
-    return RunPlots(run_id=run_id, plots=runs.plots(caller, run_id))
+    plots, live = runs.plots(caller, run_id)
+    return RunPlots(run_id=run_id, plots=plots, live=live)
 
 
 @router.post(

@@ -30,6 +30,7 @@ from controller.domain.safeyaml import load_json, load_yaml
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LIVE_MISSING",
     "MAX_ROWS",
     "MAX_TOTAL_CHARS",
     "PlotFile",
@@ -55,6 +56,7 @@ MISSING = (
     "not a file in the run's commit (missing, a directory, too large, or cached by DVC: "
     "declare it with cache: false to have it in git)"
 )
+LIVE_MISSING = "not written yet (or not a regular file in the run's work dir)"
 
 
 class PlotFile(BaseModel):
@@ -78,17 +80,20 @@ class PlotRows(PlotSpec):
     data: dict[str, PlotFile] = Field(description="Per data file (repo-relative), its rows.")
 
 
-def plot_rows(specs: Sequence[PlotSpec], files: Mapping[str, str]) -> list[dict[str, JsonValue]]:
+def plot_rows(
+    specs: Sequence[PlotSpec], files: Mapping[str, str], *, missing: str = MISSING
+) -> list[dict[str, JsonValue]]:
     """Each plot with its definition and, per data file, its rows (or why there are none).
 
-    ``files`` holds the text of the files found in the run's commit, by repo path.
+    ``files`` holds the text of the files found in the run's commit (or, while it runs,
+    in its work dir), by repo path; ``missing`` says why a file not in it has no rows.
     """
     plots: list[dict[str, JsonValue]] = []
     budget = MAX_TOTAL_CHARS
     for spec in specs:
         data: dict[str, JsonValue] = {}
         for path in spec.files:
-            entry = _file_rows(spec, path, files.get(path))
+            entry = _file_rows(spec, path, files.get(path), missing)
             size = len(json.dumps(entry))
             if size > budget:
                 entry = {
@@ -102,11 +107,11 @@ def plot_rows(specs: Sequence[PlotSpec], files: Mapping[str, str]) -> list[dict[
     return plots
 
 
-def _file_rows(spec: PlotSpec, path: str, text: str | None) -> dict[str, JsonValue]:
+def _file_rows(spec: PlotSpec, path: str, text: str | None, missing: str) -> dict[str, JsonValue]:
     if _suffix(path) in IMAGE_SUFFIXES:
         return {"rows": [], "image": True}
     if text is None:
-        return {"rows": [], "error": MISSING}
+        return {"rows": [], "error": missing}
     fields = [*([spec.x] if spec.x else []), *spec.y.get(path, [])]
     try:
         rows, total = read_rows(path, text, fields)

@@ -38,7 +38,9 @@ from pathlib import Path
 
 from controller import runner
 from controller.adapters.kube import ExecResult, KubeApi, Obj
+from controller.adapters.liveplots import ReportedPlots, reported_dir
 from controller.domain.errors import Conflict, ExternalError, MlexpError
+from controller.domain.liveplots import MarkerFilter
 from controller.executors import Handle, Launch, Outcome
 from controller.planning import manifests as m
 
@@ -145,6 +147,8 @@ class ExecExecutor:
         # Launch sessions that go on as followers, until wait() takes them (by work dir).
         self._launched: dict[str, _Follower] = {}
         self._lock = threading.Lock()
+        # Per run (its log's path): what takes the runner's plot reports out of its log.
+        self._markers: dict[str, MarkerFilter] = {}
 
     def close(self) -> None:
         self._closed.set()
@@ -339,11 +343,13 @@ class ExecExecutor:
 
     @staticmethod
     def _limit(handle: Handle) -> int | None:
-        """The most of the pod's runner.log copied: the runner keeps it under its cap; the
-        run's code can write to runner.log too, so no more than the cap is copied whatever
-        it does."""
+        """The most of the pod's runner.log copied: the runner keeps it under its cap (and
+        its plot reports, taken out of the copy, under their budget); the run's code can
+        write to runner.log too, so no more than that is copied whatever it does."""
         cap = handle.get("log_max_bytes")
-        return int(str(cap)) + LOG_CAP_SLACK if cap is not None else None
+        return (
+            int(str(cap)) + LOG_CAP_SLACK + runner.PLOT_REPORT_BUDGET if cap is not None else None
+        )
 
     def _append(self, handle: Handle, offset: int, data: bytes) -> None:
         """Add the pod log's bytes at ``offset`` to the run's log, and move the mark."""
@@ -356,9 +362,31 @@ class ExecExecutor:
         end = offset + len(data) if limit is None else min(offset + len(data), limit)
         if end <= mark:
             return
-        with Path(str(handle["log"])).open("ab") as out:
-            out.write(data[mark - offset : end - offset])
+        log_path = Path(str(handle["log"]))
+        with self._lock:
+            markers = self._markers.setdefault(str(log_path), MarkerFilter())
+        # The runner's plot reports (marker lines) go to the run's live plots, not its log.
+        kept, reported = markers.feed(data[mark - offset : end - offset])
+        ReportedPlots(reported_dir(log_path)).apply(reported)
+        cap = handle.get("log_max_bytes")
+        if cap is not None:  # the log itself stays under the cap, reports or not
+            written = self._written(handle, mark)
+            kept = kept[: max(0, int(str(cap)) + LOG_CAP_SLACK - written)]
+            self._written_file(handle).write_text(str(written + len(kept)))
+        if kept:
+            with log_path.open("ab") as out:
+                out.write(kept)
         self._mark_file(handle).write_text(str(end))
+
+    @staticmethod
+    def _written_file(handle: Handle) -> Path:
+        # How much of the copied runner.log went into ours (the rest: plot reports).
+        return Path(f"{handle['log']}.written")
+
+    def _written(self, handle: Handle, mark: int) -> int:
+        written = self._written_file(handle)
+        # None yet: copied before there were reports (or nothing copied): all of it.
+        return int(written.read_text() or 0) if written.is_file() else mark
 
     def _copy_log(self, handle: Handle) -> None:
         """Append what is new in the pod's runner.log to the run's log, a slice per exec.
@@ -530,8 +558,12 @@ class ExecExecutor:
         """
         with self._lock:
             launched = self._launched.pop(str(handle["workdir"]), None)
+            markers = self._markers.pop(str(handle["log"]), None)
         if launched is not None:  # launched, never waited for
             launched.close()
+        if markers is not None and (rest := markers.flush()):
+            with Path(str(handle["log"])).open("ab") as out:
+                out.write(rest)
         workdir = shlex.quote(str(handle["workdir"]))
         group = _group(handle.get("pgid"))
         kill = f"kill -s KILL -- -{group} 2>/dev/null; " if group is not None else ""

@@ -34,8 +34,10 @@ from typing import BinaryIO
 
 from controller import runner
 from controller.adapters.kube import KubeApi, Obj
+from controller.adapters.liveplots import ReportedPlots, reported_dir
 from controller.domain.errors import Conflict, InvalidInput, MlexpError
 from controller.domain.k8sconfig import K8sConfig
+from controller.domain.liveplots import MarkerFilter
 from controller.executors import Handle, Launch, Outcome
 from controller.executors.kube_tracking import JobEnd, JobTracker, job_finished
 from controller.planning import manifests as m
@@ -362,20 +364,27 @@ class JobExecutor:
         the Job runs; if it never comes, the log is read once when the Job has ended.
         """
         pause = LOG_RETRY_SECONDS
+        # The runner's plot reports (marker lines) go to the run's live plots, not its log.
+        plots = ReportedPlots(reported_dir(log_path))
         with log_path.open("ab") as out:
             for _ in range(LOG_FOLLOW_TRIES):
                 received = False
+                markers = MarkerFilter()
                 try:
                     for chunk in self.kube.follow_pod_log(namespace, pod):
                         if not received:
                             out.write(f"[mlexp] log of pod {pod}:\n".encode())
                             received = True
-                        out.write(chunk)
+                        kept, reported = markers.feed(chunk)
+                        plots.apply(reported)
+                        out.write(kept)
                         out.flush()
                     if received:
+                        out.write(markers.flush())
                         return
                 except MlexpError as exc:
                     if received:
+                        out.write(markers.flush())
                         log.warning("pod log interrupted", extra={"pod": pod, "error": exc.detail})
                         return
                 job_obj = self.tracker.current(namespace, job)
@@ -393,8 +402,10 @@ class JobExecutor:
             log.warning("pod log not read", extra={"pod": pod, "error": exc.detail})
             return
         if text:
-            out.write(f"[mlexp] log of pod {pod}:\n{text}".encode())
-            if not text.endswith("\n"):
+            markers = MarkerFilter()  # the plots it reports are recorded from its commit
+            kept = markers.feed(text.encode())[0] + markers.flush()
+            out.write(f"[mlexp] log of pod {pod}:\n".encode() + kept)
+            if not kept.endswith(b"\n"):
                 out.write(b"\n")
 
 

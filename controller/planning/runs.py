@@ -19,9 +19,17 @@ from controller.domain.safeyaml import dump_yaml, load_yaml
 
 
 def runner_spec(
-    *, run: Run, experiment: Experiment, cache_dir: str | None = None
+    *,
+    run: Run,
+    experiment: Experiment,
+    cache_dir: str | None = None,
+    plot_report_seconds: float | None = None,
 ) -> dict[str, object]:
-    """What the runner needs to run and publish ``run`` (no credentials: those are env)."""
+    """What the runner needs to run and publish ``run`` (no credentials: those are env).
+
+    ``plot_report_seconds``: have the runner report the plot files through its log this
+    often while ``dvc repro`` runs (Kubernetes: the service cannot read its work dir).
+    """
     overrides = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(run.params.items()))
     return {
         "run_id": run.run_id,
@@ -36,6 +44,8 @@ def runner_spec(
         "metrics_files": list(experiment.metrics_files),
         "message": f"mlexp run {run.run_id}" + (f"\n\nparams: {overrides}" if overrides else ""),
         "cache_dir": cache_dir,
+        "plot_files": [path for plot in experiment.plots for path in plot.files],
+        "plot_report_seconds": plot_report_seconds,
     }
 
 

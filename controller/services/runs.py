@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.adapters import gitrepo
+from controller.adapters import gitrepo, liveplots
 from controller.adapters.store import IdempotentAnswer, Store
 from controller.domain.bundle import is_local_url
 from controller.domain.errors import (
@@ -45,10 +45,11 @@ from controller.domain.errors import (
     TooManyRequests,
 )
 from controller.domain.k8sconfig import NamespacePolicy
+from controller.domain.liveplots import live_text
 from controller.domain.models import JsonValue, Run, RunResult, RunState, utcnow
 from controller.domain.naming import new_id, run_branch
 from controller.domain.params import apply_overrides
-from controller.domain.plots import IMAGE_SUFFIXES, PlotRows, plot_rows
+from controller.domain.plots import IMAGE_SUFFIXES, LIVE_MISSING, PlotRows, plot_rows
 from controller.domain.resources import ResourceRef, parse_resource
 from controller.executors import EventExecutor, Executor, Handle, Launch, Outcome
 from controller.planning.runs import credential_env, run_result, runner_spec
@@ -97,6 +98,7 @@ LAUNCH_WORKERS = 16
 RUN_WORKERS = 8
 RESTARTED_CANCEL = "cancelled (requested before the service restarted)"
 LOCK_FILE = "dvc.lock"
+PLOT_REPORT_SECONDS = 2.0  # how often a runner on Kubernetes reports its plot files
 
 
 class RunService:
@@ -362,13 +364,42 @@ class RunService:
             raise NotFound(f"run {run_id!r} does not exist")
         return run
 
-    def plots(self, principal: Principal, run_id: str) -> list[PlotRows]:
-        """The run's plots with their rows, as recorded when it succeeded (else none)."""
+    def plots(self, principal: Principal, run_id: str) -> tuple[list[PlotRows], bool]:
+        """The run's plots with their rows, and whether they are live.
+
+        Succeeded: as recorded from its commit. Running: as its plot files stand now (live)
+        -- read from its work dir (local runs) or from what its runner reported through
+        its log (Kubernetes). Otherwise none.
+        """
         run = self.get(principal, run_id)
+        if run.state is RunState.RUNNING:
+            return self._live_plots(run), True
         body = self.store.get_run_data(run_id, "plots") if run.state is RunState.SUCCEEDED else None
         if body is None:
+            return [], False
+        return [PlotRows.model_validate(plot) for plot in json.loads(body)], False
+
+    def _live_plots(self, run: Run) -> list[PlotRows]:
+        experiment = self.store.get_experiment(run.experiment_id)
+        if experiment is None or not experiment.plots:
             return []
-        return [PlotRows.model_validate(plot) for plot in json.loads(body)]
+        paths = [
+            path
+            for plot in experiment.plots
+            for path in plot.files
+            if path.rsplit(".", 1)[-1].lower() not in IMAGE_SUFFIXES
+        ]
+        handle = self.store.get_handle(run.run_id)
+        found: dict[str, bytes] = {}
+        if handle is not None and handle.get("kind") == "local":
+            found = liveplots.read_workdir(Path(str(handle["workdir"])) / "repo", paths)
+        elif handle is not None:
+            found = liveplots.ReportedPlots(liveplots.reported_dir(self.log_path(run.run_id))).read(
+                paths
+            )
+        files = {path: live_text(path, data) for path, data in found.items()}
+        rows = plot_rows(experiment.plots, files, missing=LIVE_MISSING)
+        return [PlotRows.model_validate(plot) for plot in rows]
 
     def list(
         self,
@@ -557,7 +588,11 @@ class RunService:
                 # it, nothing computed for one experiment is reused by another.
                 cache = self.settings.cache_dir / experiment.experiment_id if local else None
                 spec = runner_spec(
-                    run=run, experiment=experiment, cache_dir=str(cache) if cache else None
+                    run=run,
+                    experiment=experiment,
+                    cache_dir=str(cache) if cache else None,
+                    # Local runs' plot files are read in their work dir; elsewhere reported.
+                    plot_report_seconds=None if local else PLOT_REPORT_SECONDS,
                 )
                 spec["log_max_bytes"] = self.settings.log_max_bytes  # the runner caps its log
                 ca = self.settings.git_ca_bundle
@@ -721,7 +756,10 @@ class RunService:
         )
 
     def _cleanup(self, executor: Executor, handle: Handle) -> None:
-        """Remove what the run left where it ran (the executor keeps it if configured to)."""
+        """Remove what the run left where it ran (the executor keeps it if configured to),
+        and the plot files its runner reported (the run's record has them now)."""
+        if "log" in handle:
+            liveplots.ReportedPlots(liveplots.reported_dir(Path(str(handle["log"])))).remove()
         try:
             executor.cleanup(handle)
         except Exception:

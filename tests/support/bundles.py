@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from controller import templates
 from tests.support.gitserver import GitHttpServer, basic_auth_header, isolated_git_env
 from tests.support.s3server import S3Server
 from tests.support.waiting import wait_for
@@ -67,6 +68,18 @@ def small_parts(
         ("dvc_yaml_file", ("dvc.yaml", dvc_yaml.encode())),
         ("hyperparams_file", ("params.yaml", params.encode())),
     ]
+
+
+def template_parts(name: str) -> list[tuple[str, tuple[str, bytes]]]:
+    """A project template's bundle as ``mlexp experiment create DIR`` posts it."""
+    files = templates.get(name).files
+    parts = [
+        ("repo_json", ("repo.json", files["repo.json"])),
+        ("dvc_yaml_file", ("dvc.yaml", files["dvc.yaml"])),
+        ("hyperparams_file", ("params.yaml", files["params.yaml"])),
+    ]
+    parts += [("files", (path, data)) for path, data in files.items() if path.startswith("src/")]
+    return parts
 
 
 def create(http: httpx.Client, parts: list[tuple[str, tuple[str, bytes]]]) -> dict[str, object]:

@@ -5,11 +5,12 @@ page coming from the public API.
 Covers: the experiments list and an experiment's runs table (the grid sweep's runs, sorted
 by a metric), the metric chart with one point per finished run, a sweep's page, a run's
 page with its plot and clone command, the log of a running run growing on screen while its
-state changes live (a stage held by a gate file), promoting a version from the registry
-page, the 390 px layout, the Content-Security-Policy (no inline script runs; nothing the
-page loads breaks it) and no console errors on any page; and that an experiment of 1,000
-runs (recorded straight into the store of a stopped service) renders in under a second,
-with the time printed. Screenshots go to each test's tmp path.
+state changes live (a stage held by a gate file), a live curve gaining points while a
+``training-curve`` run runs (and its live mark gone once it has succeeded), promoting a
+version from the registry page, the 390 px layout, the Content-Security-Policy (no inline
+script runs; nothing the page loads breaks it) and no console errors on any page; and that
+an experiment of 1,000 runs (recorded straight into the store of a stopped service)
+renders in under a second, with the time printed. Screenshots go to each test's tmp path.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pytest
 from controller.adapters.store import Store
 from controller.domain.models import Run, RunResult, RunState
 from controller.settings import Settings, load_settings
-from tests.support.bundles import create, small_parts, start
+from tests.support.bundles import create, small_parts, start, template_parts
 from tests.support.prereqs import require, require_tools
 from tests.support.service import RunningService, service_in_thread, service_process
 from tests.support.waiting import wait_for
@@ -293,6 +294,38 @@ def test_log_of_a_running_run_grows_on_screen(
     after = int(browser_page.get_attribute("#run-log", "data-bytes") or 0)
     assert after > before
     assert browser_page.locator("#cancel-run").count() == 0
+    assert console.errors == []
+
+
+def test_a_live_curve_gains_points_while_a_training_curve_run_runs(
+    world: World, page: tuple[Any, Console], tmp_path: Path
+) -> None:
+    browser_page, console = page
+    http = world.service.http
+    experiment = create(http, template_parts("training-curve"))
+    epochs = 30
+    run_id = start(
+        http,
+        experiment["experiment_id"],
+        **{"train.epochs": epochs, "train.epoch_pause_seconds": 0.5},
+    )
+    route = f"/runs/{run_id}"
+    browser_page.goto(world.url(route))
+    ready(browser_page, route)
+    curve = '#plots .chart[data-plot="loss"][data-file="dvclive/plots/metrics/train/loss.tsv"]'
+    points = "([sel, n]) => Number(document.querySelector(sel)?.dataset.points || 0) >= n"
+    browser_page.wait_for_function(points, arg=[curve, 2], timeout=180_000)
+    assert browser_page.inner_text("#run-state") == "running"
+    assert browser_page.is_visible("#plots-live")
+    before = int(browser_page.get_attribute(curve, "data-points") or 0)
+    assert before < epochs
+    shoot(browser_page, tmp_path, "run-live-curve")
+    browser_page.wait_for_function(points, arg=[curve, before + 1], timeout=60_000)
+    assert browser_page.inner_text("#run-state") == "running"  # it grew while the run ran
+    browser_page.wait_for_selector("#run-state:has-text('succeeded')", timeout=180_000)
+    browser_page.wait_for_function(points, arg=[curve, epochs], timeout=30_000)
+    assert browser_page.get_attribute(curve, "data-points") == str(epochs)
+    assert not browser_page.is_visible("#plots-live")
     assert console.errors == []
 
 

@@ -4,7 +4,8 @@
 Covers: lines cut anywhere between chunks are put back together; silence past the stall
 limit, an overlong or garbled line, or a session that ends before the runner's end is a
 broken stream; log lines are appended once each (an overlap is cut, a gap refused) and
-never past the cap; the end line gives the outcome; a launch whose session breaks finds a
+never past the cap; the runner's plot reports are taken out of the log and kept as the
+run's live plots; the end line gives the outcome; a launch whose session breaks finds a
 started runner from its pid file, and fails plainly when there is none; ``close()`` ends
 a wait at once.
 """
@@ -20,7 +21,9 @@ from typing import cast
 
 import pytest
 
+from controller import runner
 from controller.adapters.kube import ExecResult, KubeApi
+from controller.adapters.liveplots import ReportedPlots, reported_dir
 from controller.domain.bundle import RepoSpec
 from controller.domain.errors import ExternalError
 from controller.executors import Handle, Launch, kube_exec
@@ -158,3 +161,21 @@ def test_close_ends_a_wait_at_once(tmp_path: Path) -> None:
     outcome = executor.wait(handle_in(tmp_path))
     assert outcome.reason == "the service stopped following the run"
     assert time.monotonic() - started < 2
+
+
+def test_plot_reports_go_to_the_live_plots_not_the_log(tmp_path: Path) -> None:
+    """The runner's marker lines (live plots) are taken out of the copied log, even cut
+    between two stream lines, kept beside it, and do not count against the log's cap."""
+    executor = executor_for(FakeKube())
+    handle = handle_in(tmp_path, log_max_bytes=10)
+    limit = 10 + LOG_CAP_SLACK
+    report = runner.PlotReporter._line("curve.tsv", 0, b"step\tloss\n0\t1.0\n")
+    data = b"epoch 1" + report + b"\n" + b"y" * (limit + 50)
+    cut = len(b"epoch 1") + 20  # inside the marker
+    outcome = executor._read(
+        handle, _Follower(chunks(L(0, data[:cut]), L(cut, data[cut:]), "E null\n"))
+    )
+    assert outcome is not None
+    assert (tmp_path / "run.log").read_bytes() == (b"epoch 1\n" + b"y" * limit)[:limit]
+    kept = ReportedPlots(reported_dir(tmp_path / "run.log"))
+    assert kept.read(["curve.tsv"]) == {"curve.tsv": b"step\tloss\n0\t1.0\n"}

@@ -487,8 +487,13 @@
     };
 
     let plotsShown = "";
+    // While the run runs its plots are read as its stages write them (live: true).
+    const plotsLive = h("span", { id: "plots-live", class: "badge running", "aria-live": "polite", hidden: true });
     const loadPlots = async () => {
       const body = await api(`/runs/${enc}/plots`);
+      plotsLive.hidden = !body.live;
+      plotsLive.textContent = body.live ? "live" : "";
+      plotsLive.title = body.live ? "Redrawn as the run writes its plot files" : "";
       const key = JSON.stringify(body.plots.map((p) => Object.values(p.data).map((d) => d.rows.length)));
       if (key === plotsShown) return;
       plotsShown = key;
@@ -535,7 +540,7 @@
 
     main.replaceChildren(
       h("h1", null, `Run ${id} `, state), about, actions, results,
-      h("h2", null, "Plots"), plots,
+      h("h2", null, "Plots ", plotsLive), plots,
       h("h2", null, "Log"), log);
     renderRun();
     await loadPlots();
