@@ -90,9 +90,16 @@ class MarkerFilter:
     is known, and a marker until its line end.
     """
 
-    def __init__(self) -> None:
-        self._held = b""  # the start of a marker (or of what may turn out to be one)
+    def __init__(self, held: bytes = b"") -> None:
+        # The start of a marker (or of what may turn out to be one), not yet given out:
+        # ``held`` resumes a stream whose earlier part another filter saw (a restart).
+        self._held = held[:MAX_MARKER_LINE]
         self._dropping = False  # inside a marker line too long to keep: skip to its end
+
+    @property
+    def held(self) -> bytes:
+        """What the filter holds back until more comes (at most :data:`MAX_MARKER_LINE`)."""
+        return self._held
 
     def feed(self, data: bytes) -> tuple[bytes, list[PlotChunk]]:
         """The bytes to keep of ``data``, and the chunks of the markers it completed."""

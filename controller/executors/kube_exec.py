@@ -363,11 +363,19 @@ class ExecExecutor:
         if end <= mark:
             return
         log_path = Path(str(handle["log"]))
+        held_file = self._held_file(handle)
         with self._lock:
-            markers = self._markers.setdefault(str(log_path), MarkerFilter())
+            markers = self._markers.get(str(log_path))
+            if markers is None:  # a restarted service resumes a marker it had begun
+                held = held_file.read_bytes() if held_file.is_file() else b""
+                markers = self._markers[str(log_path)] = MarkerFilter(held)
         # The runner's plot reports (marker lines) go to the run's live plots, not its log.
         kept, reported = markers.feed(data[mark - offset : end - offset])
         ReportedPlots(reported_dir(log_path)).apply(reported)
+        if markers.held:  # kept with the mark: a chunk cut by a restart is not lost
+            held_file.write_bytes(markers.held)
+        else:
+            held_file.unlink(missing_ok=True)
         cap = handle.get("log_max_bytes")
         if cap is not None:  # the log itself stays under the cap, reports or not
             written = self._written(handle, mark)
@@ -377,6 +385,11 @@ class ExecExecutor:
             with log_path.open("ab") as out:
                 out.write(kept)
         self._mark_file(handle).write_text(str(end))
+
+    @staticmethod
+    def _held_file(handle: Handle) -> Path:
+        # The start of a plot report whose end has not been copied yet.
+        return Path(f"{handle['log']}.held")
 
     @staticmethod
     def _written_file(handle: Handle) -> Path:

@@ -179,3 +179,23 @@ def test_plot_reports_go_to_the_live_plots_not_the_log(tmp_path: Path) -> None:
     assert (tmp_path / "run.log").read_bytes() == (b"epoch 1\n" + b"y" * limit)[:limit]
     kept = ReportedPlots(reported_dir(tmp_path / "run.log"))
     assert kept.read(["curve.tsv"]) == {"curve.tsv": b"step\tloss\n0\t1.0\n"}
+
+
+def test_a_report_cut_by_a_restart_is_kept_whole(tmp_path: Path) -> None:
+    """A service that stops inside a marker line keeps its start beside the mark; the one
+    that resumes finishes it: no base64 in the log, no chunk lost."""
+    handle = handle_in(tmp_path)
+    report = runner.PlotReporter._line("curve.tsv", 0, b"step\tloss\n0\t1.0\n")
+    data = b"epoch 1\n" + report + b"epoch 2\n"
+    cut = len(b"epoch 1\n") + 30
+    first = executor_for(FakeKube())
+    with pytest.raises(StreamBroke):
+        first._read(handle, _Follower(chunks(L(0, data[:cut]))))
+    assert (tmp_path / "run.log").read_bytes() == b"epoch 1\n"
+    second = executor_for(FakeKube())  # the restarted service: a new executor
+    outcome = second._read(handle, _Follower(chunks(L(cut, data[cut:]), "E null\n")))
+    assert outcome is not None
+    assert (tmp_path / "run.log").read_bytes() == b"epoch 1\nepoch 2\n"
+    kept = ReportedPlots(reported_dir(tmp_path / "run.log"))
+    assert kept.read(["curve.tsv"]) == {"curve.tsv": b"step\tloss\n0\t1.0\n"}
+    assert not (tmp_path / "run.log.held").exists()
