@@ -19,19 +19,17 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from controller.adapters.store import Store
-from controller.domain.models import Run, RunResult, RunState
 from controller.settings import Settings, load_settings
 from tests.support.bundles import create, small_parts, start, template_parts
 from tests.support.prereqs import require, require_tools
 from tests.support.service import RunningService, service_in_thread, service_process
+from tests.support.uiseed import seed_experiment
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ui
@@ -372,40 +370,7 @@ def test_a_thousand_runs_render_in_under_a_second(
 ) -> None:
     root = tmp_path_factory.mktemp("ui-1000")
     settings = ui_settings(root)
-    with service_in_thread(settings) as service:
-        experiment = create(service.http, small_parts(CURVE_DVC, "x: 1\nlr: 0.1\n"))
-    experiment_id = str(experiment["experiment_id"])
-    store = Store(settings.db_path)  # the service is stopped: its store is ours
-    try:
-        base = datetime(2026, 1, 1, tzinfo=UTC)
-        for i in range(1000):
-            run_id = f"run-{i:010d}"
-            store.add_run(
-                Run(
-                    run_id=run_id,
-                    experiment_id=experiment_id,
-                    owner="local",
-                    resource="local",
-                    namespace=None,
-                    params={"x": i % 50, "lr": 0.1},
-                    state=RunState.SUCCEEDED if i % 10 else RunState.FAILED,
-                    created_at=base + timedelta(seconds=i),
-                    finished_at=base + timedelta(seconds=i + 5),
-                    result=RunResult(
-                        git_url="file:///nowhere",
-                        branch=f"runs/{run_id}",
-                        commit="a" * 40,
-                        metrics={"m.json": {"score": i * 0.5, "x": i % 50}},
-                        flat_metrics={"score": i * 0.5, "x": i % 50},
-                        params={"x": i % 50, "lr": 0.1},
-                        clone_command="git clone …",
-                    )
-                    if i % 10
-                    else None,
-                )
-            )
-    finally:
-        store.close()
+    experiment_id = seed_experiment(settings, runs=1000)
 
     # Served by `mlexp serve` in a process of its own, as people run it (not sharing this
     # process's interpreter with the test and Playwright's client).
