@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from api import errors, idempotency, openapi, ui
 from api.browser import BrowserPolicy
 from api.deadlines import BodyDeadline
-from api.middleware import BodyLimit, BrowserSafety, HttpMetrics, RequestId
+from api.middleware import BodyLimit, BrowserSafety, HttpMetrics, RequestId, Standby
 from api.routers import (
     compare,
     experiments,
@@ -52,10 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = app_registry(
             ServiceCollector(built.store.count_runs_by_state_and_resource)
         )
-        built.runs.start()
-        built.sweeps.start()  # after the runs are reconciled: sweeps resume from them
-        built.outbox.start()  # after every sender is registered (services built)
         app.state.services = built
+        if built.fence is not None:  # dispatch once this instance holds the lease
+            built.fence.start()
+        else:
+            built.activate()
         app.state.idempotency = IdempotencyService(
             built.store, ttl_seconds=resolved.idempotency.ttl_seconds
         )
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mlexp-ctrl", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     idempotency.install(app)
+    app.add_middleware(Standby)  # innermost: only requests that passed every other check
     app.add_middleware(BodyLimit)
     app.add_middleware(BodyDeadline)  # a body that trickles in gets 408 (api.deadlines)
     app.add_middleware(BrowserSafety)  # runs before BodyLimit: refusals read no body

@@ -20,6 +20,10 @@ from controller.domain.errors import PayloadTooLarge
 from controller.logs import REQUEST_ID
 from controller.metrics import HTTP_REQUEST_DURATION
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Kubernetes' liveness and readiness probes and Prometheus' scrapes come by the pod's IP.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 class RequestId:
     """An id per request, in ``X-Request-Id`` and in problem bodies, to find its log lines.
@@ -101,7 +105,9 @@ class BrowserSafety:
     """The rules of ``api.browser`` on every request, before the body is read.
 
     1. Host (400): refuses names the service is not configured for (DNS rebinding);
-       ``GET /healthz`` is exempt, since Kubernetes probes send the pod's IP.
+       ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` are exempt, since Kubernetes
+       probes and Prometheus scrapes send the pod's IP (``/metrics`` still wants the admin
+       token unless ``metrics.public``).
     2. Origin (403): refuses state-changing requests from foreign pages (CSRF).
     3. CORS, only when ``allowed_origins`` is set and only for those origins: preflights
        are answered here, responses get ``Access-Control-Allow-Origin``; never credentials.
@@ -134,7 +140,7 @@ class BrowserSafety:
             elif name == b"access-control-request-method":
                 preflight = True
         method: str = scope["method"]
-        probe = method == "GET" and scope["path"] == "/healthz"
+        probe = method == "GET" and scope["path"] in PROBES
         if not probe and (hosts > 1 or not policy.host_allowed(host, scope["http_version"])):
             await send_problem(scope, send, 400, "Host not allowed", HOST_REFUSED)
             return
@@ -226,6 +232,23 @@ class BodyLimit:
                 await _refuse(scope, send, max_bytes)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+class Standby:
+    """An instance on standby (another holds the dispatch lease: ``services.fence``) answers
+    reads but refuses changes with 503: a run it accepted would wait for a dispatcher that
+    is not looking, and its cancel would reach no runner."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            fence = scope["app"].state.services.fence
+            if fence is not None and not fence.leader:
+                await send_problem(scope, send, 503, "Standby", fence.describe())
+                return
+        await self.app(scope, receive, send)
 
 
 def _detail(max_bytes: int) -> str:

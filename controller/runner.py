@@ -822,6 +822,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+# Which variable points git and S3 (botocore, under DVC) at a CA file beside the spec.
+CA_VARIABLES = {"git": "MLEXP_GIT_CA_BUNDLE", "s3": "AWS_CA_BUNDLE"}
+
+
+def use_ca_files(spec: Mapping[str, object], spec_dir: Path) -> None:
+    """Point git and S3 at the private CA files the spec names, which came with it (on
+    Kubernetes: keys of the run's ConfigMap mounted beside it, or copied in with it)."""
+    files = spec.get("ca_files") or {}
+    if not isinstance(files, dict):
+        return
+    for use, name in files.items():
+        variable = CA_VARIABLES.get(str(use))
+        if variable and isinstance(name, str) and "/" not in name:
+            os.environ[variable] = str(spec_dir / name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.follow:
@@ -837,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("no start signal on stdin (the service stopped first); exiting untouched")
             return NOT_STARTED
         os.environ.update({str(k): str(v) for k, v in json.loads(line).items()})
+    use_ca_files(spec, args.spec.resolve().parent)
     make_undumpable()
     if args.detach:
         detach(args.workdir)

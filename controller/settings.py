@@ -230,6 +230,18 @@ def _masked_mlflow(value: object) -> object:
     return value
 
 
+class StorageSettings(BaseModel):
+    """The S3 side, as the operator configures it (credentials come with each experiment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="CA bundle for https S3 endpoints with a private CA (runs get it as "
+        "AWS_CA_BUNDLE; on Kubernetes its content travels in the run's ConfigMap).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; env wins over ``config/server.yaml``."""
 
@@ -272,8 +284,11 @@ class Settings(BaseSettings):
         "line with time, level, logger, message, request_id and run_id where known.",
     )
     git_ca_bundle: Path | None = Field(
-        default=None, description="CA bundle for https git remotes (sets GIT_SSL_CAINFO)."
+        default=None,
+        description="CA bundle for https git remotes (sets GIT_SSL_CAINFO; on Kubernetes its "
+        "content travels in the run's ConfigMap, never as a path of this host).",
     )
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     egress: EgressSettings = Field(default_factory=EgressSettings)
     local_roots: list[Path] = Field(

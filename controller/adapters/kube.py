@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import incluster_config
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import (
     ERROR_CHANNEL,
@@ -44,6 +45,7 @@ from kubernetes.stream.ws_client import (
 from websocket import WebSocketException
 
 from controller.domain.errors import Conflict, ExternalError, InvalidInput, MlexpError, NotFound
+from controller.domain.k8sconfig import SERVICE_ACCOUNT_DIR
 from controller.metrics import KUBERNETES_CALLS
 
 Obj = dict[str, Any]
@@ -63,6 +65,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Service": ("/api/v1", "services"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Event": ("/api/v1", "events"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "Job": ("/apis/batch/v1", "jobs"),
     "StatefulSet": ("/apis/apps/v1", "statefulsets"),
     "Deployment": ("/apis/apps/v1", "deployments"),
@@ -154,12 +157,22 @@ class KubeApi:
         kubeconfig: Path | None,
         context: str | None = None,
         in_cluster: bool = False,
+        service_account_dir: Path | None = None,
         qps: float = 20.0,
         burst: int = 40,
     ) -> None:
         configuration = client.Configuration()
         if in_cluster:
-            config.load_incluster_config(client_configuration=configuration)
+            # KUBERNETES_SERVICE_HOST/PORT from the environment, the token and CA from the
+            # service account directory; the token is read again as the kubelet rotates it.
+            account = service_account_dir or SERVICE_ACCOUNT_DIR
+            try:
+                incluster_config.InClusterConfigLoader(
+                    token_filename=str(account / "token"),
+                    cert_filename=str(account / "ca.crt"),
+                ).load_and_set(configuration)
+            except config.ConfigException as exc:
+                raise ExternalError(f"in-cluster configuration: {exc}") from None
         else:
             config.load_kube_config(
                 config_file=str(kubeconfig) if kubeconfig else None,
@@ -302,6 +315,26 @@ class KubeApi:
             f"create {kind} {meta['namespace']}/{meta['name']}",
             "POST",
             self._path(kind, meta["namespace"]),
+            query={"fieldManager": FIELD_MANAGER},
+            body=dict(manifest),
+        )
+
+    def server_version(self) -> str:
+        """The API server's version (``GET /version``, readable by any authenticated caller):
+        whether the API server answers, for readiness."""
+        answer = self._json("read", "read the API server's version", "GET", "/version")
+        return str(answer.get("gitVersion") or "unknown")
+
+    def replace(self, manifest: Mapping[str, Any]) -> Obj:
+        """Replace an object (PUT): refused with Conflict unless its
+        ``metadata.resourceVersion`` is still the stored one."""
+        kind = str(manifest["kind"])
+        meta = manifest["metadata"]
+        return self._json(
+            "write",
+            f"replace {kind} {meta['namespace']}/{meta['name']}",
+            "PUT",
+            self._path(kind, meta["namespace"], meta["name"]),
             query={"fieldManager": FIELD_MANAGER},
             body=dict(manifest),
         )

@@ -32,16 +32,20 @@ from controller.domain.workloads import Resources, is_label_key, is_label_value,
 
 __all__ = [
     "EXEC_WORK_ROOT",
+    "SERVICE_ACCOUNT_DIR",
     "ApiLimits",
     "ExecSettings",
     "JobSettings",
     "K8sConfig",
     "K8sDefaults",
+    "LeaseConfig",
     "NamespacePolicy",
     "NamespacesConfig",
+    "lease_for",
     "load_k8s_config",
 ]
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MAX_CONFIG_BYTES = 256 * 1024
 # Where exec'd runners keep their work dirs inside a workload's pods; the workload
 # manifests mount an emptyDir there, so it is writable whatever the image's user.
@@ -142,9 +146,52 @@ class ApiLimits(_Strict):
     burst: int = Field(default=40, ge=1, le=100_000)
 
 
+class LeaseConfig(_Strict):
+    """The dispatch fence: a ``coordination.k8s.io`` Lease that one instance holds while it
+    dispatches and tracks runs (:mod:`controller.services.fence`)."""
+
+    namespace: str | None = Field(
+        default=None,
+        description="Where the Lease lives: the service's own namespace. In-cluster, the "
+        "pod's namespace (read from the service account directory) when left out.",
+    )
+    name: str = Field(default="mlexp-ctrl", min_length=1, max_length=253)
+    duration_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        le=300,
+        description="How long a Lease not renewed stays held: a standby takes over once it "
+        "has seen it unchanged for this long.",
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not is_dns1123_label(value):
+            raise ValueError(f"{value[:80]!r}: not a DNS-1123 label")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not is_subdomain(value):
+            raise ValueError(f"{value[:80]!r}: not a DNS-1123 subdomain")
+        return value
+
+
 class K8sConfig(_Strict):
     kubeconfig: Path | None = None
     in_cluster: bool = False
+    service_account_dir: Path = Field(
+        default=SERVICE_ACCOUNT_DIR,
+        description="In-cluster: where the pod's service account token, CA certificate and "
+        "namespace are (the standard mount; a test or sidecar may put them elsewhere).",
+    )
+    lease: LeaseConfig | None = Field(
+        default=None,
+        description="Hold a Lease while dispatching, so a second instance stands by. "
+        "In-cluster it is on by default (in the pod's namespace); set it to {} elsewhere.",
+    )
     context: str | None = Field(default=None, min_length=1, max_length=253)
     namespaces: NamespacesConfig = NamespacesConfig()
     defaults: K8sDefaults = K8sDefaults()
@@ -161,6 +208,28 @@ class K8sConfig(_Strict):
         if self.in_cluster and self.context is not None:
             raise ValueError("context applies to a kubeconfig, not to in_cluster")
         return self
+
+
+def lease_for(config: K8sConfig) -> LeaseConfig | None:
+    """The Lease the service holds, with its namespace resolved; None: no fence.
+
+    In-cluster, a fence is on unless configured otherwise, in the pod's own namespace.
+    Raises ``ValueError`` when a Lease is wanted and no namespace can be found for it.
+    """
+    lease = config.lease
+    if lease is None and not config.in_cluster:
+        return None
+    lease = lease or LeaseConfig()
+    if lease.namespace is not None:
+        return lease
+    own = config.service_account_dir / "namespace"
+    try:
+        namespace = own.read_text().strip() if config.in_cluster else ""
+    except OSError:
+        namespace = ""
+    if not is_dns1123_label(namespace):
+        raise ValueError(f"lease.namespace is not set and {own} names no namespace: set it")
+    return lease.model_copy(update={"namespace": namespace})
 
 
 def load_k8s_config(path: Path) -> K8sConfig:

@@ -44,6 +44,9 @@ class Launch:
     # Called with the handle once the runner exists and before it may start working, so
     # the service has recorded it first: a runner it does not know about never does work.
     record: Callable[[Handle], None] | None = None
+    # Kubernetes runs: files that travel beside the spec (name -> text), e.g. the private
+    # CA certificates the spec's ``ca_files`` names -- never a path of the service's host.
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 class Executor(Protocol):

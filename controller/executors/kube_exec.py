@@ -202,17 +202,27 @@ class ExecExecutor:
         source = self.runner_source
         spec = json.dumps(dict(request.spec)).encode()
         env = json.dumps(dict(request.env)).encode() + b"\n"
+        # The files the spec names (CA certificates) go beside it, as in a Job's ConfigMap.
+        files = [(name, text.encode()) for name, text in sorted(request.files.items())]
+        copies = "".join(f" && head -c {len(data)} > {shlex.quote(name)}" for name, data in files)
         # Byte counts instead of end-of-input: not every exec server passes stdin's close
         # on. Each `head -c` reads no further than its count, so the runner, then the
-        # spec, then (read by the runner itself) the credentials come off one stdin.
+        # spec and its files, then (read by the runner itself) the credentials come off
+        # one stdin.
         script = (
             f"mkdir -p {quoted} && cd {quoted} && rm -f {runner.PID_FILE}"
             f" && head -c {len(source)} > runner.py && head -c {len(spec)} > spec.json"
+            f"{copies}"
             " && python3 runner.py --spec spec.json --workdir . --detach --env-stdin"
             f" && exec python3 runner.py --follow --workdir . {self._follow_args(handle)}"
         )
         follower = _Follower(
-            self.kube.exec_stream(namespace, pod, ["sh", "-c", script], stdin=source + spec + env)
+            self.kube.exec_stream(
+                namespace,
+                pod,
+                ["sh", "-c", script],
+                stdin=source + spec + b"".join(data for _, data in files) + env,
+            )
         )
         try:
             pid, pgid = self._first_line(follower)

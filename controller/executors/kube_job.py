@@ -132,6 +132,7 @@ class JobExecutor:
                 namespace=namespace,
                 runner_source=self.runner_source,
                 spec=request.spec,
+                files=request.files,
                 owner_references=owners,
             )
 

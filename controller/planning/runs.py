@@ -57,9 +57,19 @@ def run_params_yaml(*, run: Run, experiment: Experiment) -> str:
     return render_params(experiment.params_document, run.params)
 
 
-def credential_env(spec: RepoSpec, *, git_ca_bundle: str | None = None) -> dict[str, str]:
-    """The environment variables through which the runner gets its credentials."""
+# Private CA certificates that travel beside a Kubernetes run's spec, by use (the runner's
+# ``CA_VARIABLES`` say which variable each sets).
+CA_FILES = {"git": "git-ca.crt", "s3": "s3-ca.crt"}
+
+
+def credential_env(
+    spec: RepoSpec, *, git_ca_bundle: str | None = None, s3_ca_bundle: str | None = None
+) -> dict[str, str]:
+    """The environment variables through which the runner gets its credentials (and, for a
+    runner on this host, where the CA files are)."""
     env: dict[str, str] = {}
+    if s3_ca_bundle:
+        env["AWS_CA_BUNDLE"] = s3_ca_bundle
     if spec.git.token is not None:
         env["MLEXP_GIT_TOKEN"] = spec.git.token.get_secret_value()
         env["MLEXP_GIT_USERNAME"] = spec.git.username or "git"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from controller.adapters.mlflow import MlflowClient
 from controller.adapters.secrets import LocalSecretStore
 from controller.adapters.store import Store
 from controller.adapters.webhooks import WebhookPoster, WebhookSecrets
-from controller.domain.k8sconfig import NamespacePolicy, load_k8s_config
+from controller.domain.k8sconfig import NamespacePolicy, lease_for, load_k8s_config
 from controller.executors import Executor
 from controller.executors.kube_exec import ExecExecutor
 from controller.executors.kube_job import JobExecutor
@@ -23,6 +25,7 @@ from controller.services.auth import TokenRegistry
 from controller.services.compare import CompareService
 from controller.services.events import EventBus
 from controller.services.experiments import ExperimentService
+from controller.services.fence import DispatchFence, identity
 from controller.services.mlflow_export import MlflowExport
 from controller.services.notifications import WebhookService
 from controller.services.outbox import Outbox, RetryPolicy
@@ -52,6 +55,7 @@ class Services:
     kube: KubeApi | None = None
     tracker: JobTracker | None = None
     resources: ResourceService | None = None
+    fence: DispatchFence | None = None  # set: dispatch only while holding the lease
     # Built from the services above, in __post_init__.
     events: EventBus = field(init=False)
     compare: CompareService = field(init=False)
@@ -87,6 +91,12 @@ class Services:
             self.settings, self.store, self.runs, principal_lookup(self.tokens), self.events
         )
 
+    def activate(self) -> None:
+        """Start dispatching and tracking runs (the fence calls this once it holds the lease)."""
+        self.runs.start()
+        self.sweeps.start()  # after the runs are reconciled: sweeps resume from them
+        self.outbox.start()  # after every sender is registered (services built)
+
     def close(self) -> None:
         self.outbox.stop()
         self.webhooks.poster.close()
@@ -94,6 +104,8 @@ class Services:
             self.mlflow.close()
         self.sweeps.stop()
         self.runs.stop()
+        if self.fence is not None:  # after the runs stopped: then a successor may start
+            self.fence.stop()
         if self.kube is not None:
             self.kube.close()
         self.store.close()
@@ -147,8 +159,7 @@ def local_executor(settings: Settings, tokens: TokenRegistry | None) -> LocalExe
         except sandbox.SandboxUnavailable as exc:
             raise StartupError(str(exc)) from None
     readable = [Path(os.environ[k]) for k in CA_VARIABLES if os.environ.get(k)]
-    if settings.git_ca_bundle:
-        readable.append(settings.git_ca_bundle.resolve())
+    readable += [p.resolve() for p in (settings.git_ca_bundle, settings.storage.ca_bundle) if p]
     hidden = [settings.data_dir, settings.config_file.resolve().parent]
     hidden += [p.resolve() for p in (settings.tokens_file, settings.k8s_config_file) if p]
     return LocalExecutor(
@@ -185,10 +196,15 @@ def build_services(settings: Settings) -> Services:
         runs = RunService(settings, store, experiments, executors)
         return Services(settings, store, experiments, runs, tokens)
 
+    try:
+        lease = lease_for(k8s)
+    except ValueError as exc:
+        raise StartupError(f"{settings.k8s_config_file}: {exc}") from None
     kube = KubeApi(
         kubeconfig=k8s.kubeconfig,
         context=k8s.context,
         in_cluster=k8s.in_cluster,
+        service_account_dir=k8s.service_account_dir,
         qps=k8s.api.qps,
         burst=k8s.api.burst,
     )
@@ -201,6 +217,21 @@ def build_services(settings: Settings) -> Services:
     side = KubernetesSide(NamespacePolicy.from_config(k8s), k8s.defaults.image)
     runs = RunService(settings, store, experiments, executors, side)
     stuck.append(runs)
-    ca = str(settings.git_ca_bundle) if settings.git_ca_bundle else None
-    resources = ResourceService(store, experiments, kube, k8s, git_ca_bundle=ca)
-    return Services(settings, store, experiments, runs, tokens, kube, tracker, resources)
+    resources = ResourceService(store, experiments, kube, k8s)
+    built = Services(settings, store, experiments, runs, tokens, kube, tracker, resources)
+    if lease is not None:
+        built.fence = DispatchFence(
+            kube,
+            lease,
+            identity(socket.gethostname()),
+            on_acquired=built.activate,
+            on_lost=_terminate,
+        )
+    return built
+
+
+def _terminate() -> None:
+    """The dispatch lease was lost: stop the service (as a leader elector does), so that it
+    no longer acts on runs when a successor takes over; Kubernetes starts it again, and it
+    comes back on standby."""
+    os.kill(os.getpid(), signal.SIGTERM)

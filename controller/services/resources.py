@@ -71,14 +71,12 @@ class ResourceService:
         experiments: ExperimentService,
         kube: KubeApi,
         config: K8sConfig,
-        git_ca_bundle: str | None = None,
     ) -> None:
         self.store = store
         self.experiments = experiments
         self.kube = kube
         self.config = config
         self.policy = NamespacePolicy.from_config(config)
-        self.git_ca_bundle = git_ca_bundle
 
     def _check_namespace(self, principal: Principal, namespace: str | None) -> str:
         return self.policy.check(
@@ -93,7 +91,9 @@ class ResourceService:
         if spec.experiment_id is not None:
             self.experiments.get(principal, spec.experiment_id)  # visible to the caller
             repo = self.experiments.credentials(spec.experiment_id)
-            env = credential_env(repo, git_ca_bundle=self.git_ca_bundle)
+            # Credentials only: CA certificates come with each run's spec (a path of the
+            # service's host would mean nothing in the pod).
+            env = credential_env(repo)
             self.kube.apply(
                 m.credentials_secret(experiment_id=spec.experiment_id, namespace=namespace, env=env)
             )

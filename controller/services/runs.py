@@ -52,7 +52,12 @@ from controller.domain.params import apply_overrides
 from controller.domain.plots import IMAGE_SUFFIXES, LIVE_MISSING, PlotRows, plot_rows
 from controller.domain.resources import ResourceRef, parse_resource
 from controller.executors import EventExecutor, Executor, Handle, Launch, Outcome
-from controller.planning.runs import credential_env, run_result, runner_spec
+from controller.planning.runs import (
+    CA_FILES,
+    credential_env,
+    run_result,
+    runner_spec,
+)
 from controller.services.auth import Principal
 from controller.services.experiments import ExperimentService
 from controller.services.placement import ExecPlacement, PodExecutor, check_access
@@ -595,13 +600,24 @@ class RunService:
                     plot_report_seconds=None if local else PLOT_REPORT_SECONDS,
                 )
                 spec["log_max_bytes"] = self.settings.log_max_bytes  # the runner caps its log
-                ca = self.settings.git_ca_bundle
                 repo = self.experiments.credentials(experiment.experiment_id)
-                env = credential_env(repo, git_ca_bundle=str(ca) if ca else None)
+                files: dict[str, str] = {}
+                if local:  # the runner runs on this host: it reads the CA files where they are
+                    env = credential_env(
+                        repo,
+                        git_ca_bundle=_path(self.settings.git_ca_bundle),
+                        s3_ca_bundle=_path(self.settings.storage.ca_bundle),
+                    )
+                else:  # they travel with the spec: no path of this host means anything there
+                    env = credential_env(repo)
+                    files = _ca_files(self.settings)
+                    spec["ca_files"] = {
+                        use: name for use, name in CA_FILES.items() if name in files
+                    }
                 writable = _local_paths(experiment.git_url, experiment.dvc_url, cache)
                 launch = Launch(
                     run, spec, env, repo, self.log_path(run_id), writable,
-                    record=lambda handle: self.store.set_handle(run_id, handle),
+                    record=lambda handle: self.store.set_handle(run_id, handle), files=files,
                 )  # fmt: skip
                 if placement is not None and pod is not None:
                     handle = placement.launch(launch, pod)
@@ -840,3 +856,33 @@ def _local_paths(git_url: str, dvc_url: str, cache: Path | None) -> tuple[Path, 
     paths = [cache]
     paths += [Path(url.removeprefix("file://")) for url in (git_url, dvc_url) if is_local_url(url)]
     return tuple(paths)
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+MAX_CA_BYTES = 256 * 1024
+
+
+def _ca_files(settings: Settings) -> dict[str, str]:
+    """The private CA certificates' text by file name (``CA_FILES``), read from the
+    settings' paths, for a run on Kubernetes: its pod gets their content (in its
+    ConfigMap, or copied in with the runner), never a path of this host.
+
+    Raises ``ExternalError`` when a configured file cannot be read or is not PEM text.
+    """
+    found: dict[str, str] = {}
+    for use, path in (("git", settings.git_ca_bundle), ("s3", settings.storage.ca_bundle)):
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()[: MAX_CA_BYTES + 1]
+        except OSError as exc:
+            raise ExternalError(f"the {use} CA bundle cannot be read: {exc.strerror}") from None
+        if len(data) > MAX_CA_BYTES or b"-----BEGIN CERTIFICATE-----" not in data:
+            raise ExternalError(
+                f"the {use} CA bundle is not PEM certificates of at most {MAX_CA_BYTES} bytes"
+            )
+        found[CA_FILES[use]] = data.decode("ascii", errors="replace")
+    return found

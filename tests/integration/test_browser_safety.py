@@ -94,8 +94,12 @@ def test_dns_rebinding_is_refused(service: RunningService) -> None:
         assert_problem(service.http.get(path, headers={"Host": "evil.example:8080"}), 400)
     assert_problem(service.http.get("/experiments", headers={"Host": "2130706433"}), 400)
     assert_nothing_created(service)
-    # Kubernetes probes send the pod's IP as Host: liveness answers whatever the name.
-    assert service.http.get("/healthz", headers={"Host": "10.1.2.3:8080"}).status_code == 200
+    # Kubernetes probes and Prometheus send the pod's IP as Host: those three answer
+    # whatever the name (the others do not, whatever the path looks like).
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        assert service.http.get(probe, headers={"Host": "10.1.2.3:8080"}).status_code == 200
+    assert_problem(service.http.get("/metrics/x", headers={"Host": "10.1.2.3:8080"}), 400)
+    assert_problem(service.http.post("/readyz", headers={"Host": "10.1.2.3:8080"}), 400)
     for loopback in ("localhost", "LOCALHOST:8080", "127.0.0.1", "[::1]:1"):
         assert service.http.get("/experiments", headers={"Host": loopback}).status_code == 200
 

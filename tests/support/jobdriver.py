@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class JobDriver:
         self.hold_all = False
         self.released: set[str] = set()
         self.driven: dict[str, int] = {}  # pod name -> exit code
+        # Called with the pod's name and exit code after its command ended, before its
+        # status says so (nothing outside the pod knows it ended yet).
+        self.on_exit: Callable[[str, int], None] | None = None
         self._seen: set[str] = set()
         self._children: dict[str, subprocess.Popen[str]] = {}  # pod name -> its process
         self._lock = threading.Lock()
@@ -190,6 +194,8 @@ class JobDriver:
         exit_code = child.wait()
         with self._lock:
             self._children.pop(name, None)
+        if self.on_exit is not None:
+            self.on_exit(name, exit_code)
         status = finished_pod_status(
             {container.name: container.image}, exit_code, started_at=started
         )

@@ -40,7 +40,8 @@ def test_credential_env_maps_every_secret() -> None:
             "storage": {"access_key_id": "AK", "secret_access_key": "SK", "region": "eu-west-1"},
         }
     )
-    assert credential_env(spec, git_ca_bundle="/ca.pem") == {
+    assert credential_env(spec, git_ca_bundle="/ca.pem", s3_ca_bundle="/s3.pem") == {
+        "AWS_CA_BUNDLE": "/s3.pem",
         "MLEXP_GIT_TOKEN": "t0k",
         "MLEXP_GIT_USERNAME": "bot",
         "MLEXP_GIT_CA_BUNDLE": "/ca.pem",

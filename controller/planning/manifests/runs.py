@@ -60,13 +60,16 @@ def runner_configmap(
     namespace: str,
     runner_source: str,
     spec: Mapping[str, object],
+    files: Mapping[str, str] | None = None,
     owner_references: Sequence[Mapping[str, object]] = (),
 ) -> Manifest:
-    """``runner.py`` and ``spec.json`` (sorted keys), mounted read-only into the run's Job.
+    """``runner.py`` and ``spec.json`` (sorted keys), mounted read-only into the run's Job,
+    with the ``files`` the spec names beside it (private CA certificates).
 
     Raises ``InvalidInput`` when they exceed what a ConfigMap can hold (huge params).
     """
     data = {
+        **(files or {}),
         "runner.py": runner_source,
         "spec.json": json.dumps(spec, sort_keys=True, indent=2) + "\n",
     }
