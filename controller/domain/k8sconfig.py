@@ -28,7 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from controller.domain.errors import Forbidden, InvalidInput, summary, validation_details
 from controller.domain.naming import is_dns1123_label
 from controller.domain.safeyaml import load_yaml
-from controller.domain.workloads import Resources, is_label_key, is_label_value, is_subdomain
+from controller.domain.workloads import (
+    Resources,
+    Toleration,
+    is_label_key,
+    is_label_value,
+    is_subdomain,
+)
 
 __all__ = [
     "EXEC_WORK_ROOT",
@@ -84,6 +90,31 @@ class K8sDefaults(_Strict):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account: str | None = None
     resources: Resources | None = None
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Where run pods (and provisioned workloads that name none) are scheduled.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Taints run pods (and provisioned workloads that name none) tolerate.",
+    )
+    host_network: bool = Field(
+        default=False,
+        description="Run pods and provisioned workloads in the node's network namespace: for "
+        "clusters where pods must reach services listening on the node itself (a git or S3 "
+        "server on the node's loopback, as in the real-node test tier). They then share the "
+        "node's ports and interfaces; leave it off elsewhere.",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not is_label_key(key) or not is_label_value(label):
+                raise ValueError(f"{key[:80]!r}: not a valid label key and value")
+        return value
 
     @field_validator("service_account")
     @classmethod

@@ -120,9 +120,10 @@ class JobExecutor:
             active_deadline_seconds=run.deadline_seconds
             or self.config.jobs.active_deadline_seconds,
             ttl_seconds_after_finished=self.config.jobs.ttl_seconds_after_finished,
-            node_selector={},
-            tolerations=(),
+            node_selector=self.config.defaults.node_selector,
+            tolerations=self.config.defaults.tolerations,
             pod_labels=self.config.jobs.pod_labels,
+            host_network=self.config.defaults.host_network,
         )
 
         def configmap(owners: tuple[Obj, ...] = ()) -> Obj:

@@ -127,6 +127,9 @@ class ResourceService:
             default_service_account=self.config.defaults.service_account,
             jobs=self.config.jobs,
             work_root=self.config.exec.work_root,
+            default_node_selector=self.config.defaults.node_selector,
+            default_tolerations=self.config.defaults.tolerations,
+            host_network=self.config.defaults.host_network,
         ):
             self.kube.apply(manifest)
         resource = Resource(

@@ -571,3 +571,31 @@ def test_job_workload_runs_its_command_with_job_settings() -> None:
     plain = tree(build_workload(spec_of(kind="Job"))[-1])
     assert "command" not in pod_of(plain)["containers"][0]
     assert plain["spec"]["activeDeadlineSeconds"] == 21600
+
+
+def test_host_network_pods_share_the_nodes_network_and_keep_cluster_dns() -> None:
+    pod = pod_of(fixed_run_job(host_network=True))
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert "hostNetwork" not in pod_of(fixed_run_job())
+
+
+def test_workloads_take_the_configured_placement_unless_they_name_their_own() -> None:
+    toleration = Toleration.model_validate(
+        {"key": "mlexp.io/real-node", "operator": "Exists", "effect": "NoSchedule"}
+    )
+    defaults = {
+        "default_node_selector": {"kubernetes.io/hostname": "realnode"},
+        "default_tolerations": [toleration],
+        "host_network": True,
+    }
+    plain = spec_of(kind="Deployment", name="plain", experiment_id=EXP)
+    pod = tree(build_workload(plain, **defaults)[-1])["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/hostname": "realnode"}
+    assert pod["tolerations"] == [
+        {"key": "mlexp.io/real-node", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["hostNetwork"] is True
+    own = spec_of(kind="Deployment", name="own", experiment_id=EXP, node_selector={"pool": "gpu"})
+    pod = tree(build_workload(own, **defaults)[-1])["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}

@@ -69,8 +69,12 @@ def pod_spec(
     pull_secret_name: str | None,
     node_selector: Mapping[str, str],
     tolerations: Sequence[Toleration],
+    host_network: bool = False,
 ) -> Manifest:
     pod: Manifest = {}
+    if host_network:  # the node's network (k8s-config defaults.host_network)
+        pod["hostNetwork"] = True
+        pod["dnsPolicy"] = "ClusterFirstWithHostNet"  # cluster DNS names still resolve
     if service_account is not None:
         pod["serviceAccountName"] = service_account
     # No API token in the pod unless the caller chose an identity for it.

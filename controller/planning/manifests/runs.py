@@ -115,6 +115,7 @@ def run_job(
     node_selector: Mapping[str, str],
     tolerations: Sequence[Toleration],
     pod_labels: Mapping[str, str] | None = None,
+    host_network: bool = False,
 ) -> Manifest:
     """One run's ``batch/v1`` Job; its pods carry the run and experiment labels.
 
@@ -133,6 +134,7 @@ def run_job(
         pull_secret_name=pull_secret_name,
         node_selector=node_selector,
         tolerations=tolerations,
+        host_network=host_network,
     )
     spec: Manifest = {
         "backoffLimit": backoff_limit,

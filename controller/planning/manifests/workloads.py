@@ -12,10 +12,10 @@ work root (``exec.work_root`` in k8s-config.yaml) for the exec'd runners' work d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from controller.domain.k8sconfig import EXEC_WORK_ROOT, JobSettings
-from controller.domain.workloads import Resources, WorkloadSpec
+from controller.domain.workloads import Resources, Toleration, WorkloadSpec
 from controller.planning.manifests.meta import (
     Manifest,
     dvc_cache_claim_name,
@@ -51,8 +51,13 @@ def workload(
     default_service_account: str | None = None,
     jobs: JobSettings | None = None,
     work_root: str = WORKLOAD_WORK_ROOT,
+    default_node_selector: Mapping[str, str] | None = None,
+    default_tolerations: Sequence[Toleration] = (),
+    host_network: bool = False,
 ) -> list[Manifest]:
     """The objects for ``spec``, dependencies first; the workload itself is last.
+
+    The spec's node selector and tolerations, each when it names any, else the defaults.
 
     ``spec.resources`` replaces ``default_resources`` as a whole: merging field
     by field could pair a request with a smaller default limit.
@@ -72,8 +77,9 @@ def workload(
         volumes=volumes,
         service_account=spec.service_account or default_service_account,
         pull_secret_name=pull_secret_name,
-        node_selector=spec.node_selector,
-        tolerations=spec.tolerations,
+        node_selector=spec.node_selector or default_node_selector or {},
+        tolerations=spec.tolerations or default_tolerations,
+        host_network=host_network,
     )
     meta = metadata(spec.name, spec.namespace, object_labels)
     if spec.annotations:
