@@ -76,7 +76,10 @@ FOLLOW_TICK_SECONDS = 0.2  # how often --follow looks at the files (locally, in 
 FOLLOW_GROUP_SECONDS = 1.0  # how often it scans /proc for the group, once the runner is gone
 FOLLOW_HEARTBEAT_SECONDS = 10.0  # a line at least this often, so a dead session shows
 FOLLOW_CHUNK = 48 * 1024  # log bytes per line (64 KiB of base64)
-MAX_STATUS_BYTES = 16 * 1024 * 1024  # status.json with its metrics files
+MAX_STATUS_BYTES = 16 * 1024 * 1024
+TAIL_BYTES = (
+    8 * 1024
+)  # of a step's output, kept to say why it failed  # status.json with its metrics files
 # Live plots (Kubernetes): the plot files the spec lists, reported through the log as they
 # grow, one marker line per chunk (controller.domain.liveplots reads them; same values).
 PLOT_MARKER = b"\x1e@mlexp-plot "
@@ -437,6 +440,7 @@ class Runner:
             stderr=subprocess.STDOUT,
         )
         kept = bytearray()
+        tail = b""  # the end of the output, for the error a failing tool ends with
         assert proc.stdout is not None
         try:
             with proc.stdout:
@@ -454,6 +458,7 @@ class Runner:
                     if not chunk:
                         break
                     OUTPUT.write(chunk)
+                    tail = (tail + chunk)[-TAIL_BYTES:]
                     if capture and len(kept) < MAX_CAPTURE:
                         kept += chunk[: MAX_CAPTURE - len(kept)]
             code = proc.wait()
@@ -461,7 +466,10 @@ class Runner:
             _stop(proc)
             raise
         if check and code != 0:
-            raise StepFailed(f"{argv[0]} {argv[1]} exited with {code}")
+            said = last_error(tail)  # dvc says which stage failed, and how
+            raise StepFailed(
+                f"{argv[0]} {argv[1]} exited with {code}" + (f": {said}" if said else "")
+            )
         return kept.decode(errors="replace")
 
     def write_status(self, state: str, **fields: object) -> None:
@@ -498,6 +506,7 @@ class Runner:
         except (StepFailed, Terminated) as exc:
             log(f"failed: {exc}")
             self.write_status("failed", error=str(exc), step_no=self.step_no)
+            termination_message(str(exc))
             return 1 if isinstance(exc, StepFailed) else 128 + signal.SIGTERM
 
     def published_commit(self) -> str | None:
@@ -602,6 +611,29 @@ def log(message: str) -> None:
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     OUTPUT.write(f"[mlexp {stamp}] {message}\n".encode())
+
+
+def last_error(output: bytes) -> str:
+    """The last line of ``output`` that reports an error (``ERROR: ...``, as dvc ends a
+    failed stage with its command and exit code), at most 500 characters; else ''."""
+    for line in reversed(output.decode(errors="replace").splitlines()):
+        text = line.strip()
+        if text.startswith(("ERROR", "error:", "fatal:")):
+            return text[:500]
+    return ""
+
+
+def termination_message(text: str) -> None:
+    """Where the container runtime looks for why a container ended (a Job's pod: the
+    service reads it from the pod's status as the run's reason); nowhere else."""
+    path = os.environ.get("MLEXP_TERMINATION_LOG")
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text[:4000])
+    except OSError:
+        pass
 
 
 def _report(reporter: PlotReporter) -> None:

@@ -275,6 +275,8 @@ class JobExecutor:
             if any(item[0] == key for item in self._pending):  # no longer waiting for a slot
                 self._pending = deque(item for item in self._pending if item[0] != key)
         self.tracker.forget_job(namespace, name)
+        # What the pod's runtime says of the failure: the runner's reason and its exit code.
+        failure = self.tracker.failure_of(namespace, name) if end[0] == "Failed" else None
         if logs is not None:
             for pod in self.tracker.pods_of(namespace, name):
                 logs.pods.setdefault(pod, None)
@@ -292,6 +294,8 @@ class JobExecutor:
             with self._lock:
                 self._logs.pop(key, None)
         result, reason = end
+        if failure:
+            reason = f"{failure}; {reason}"
         done(Outcome("succeeded") if result == "Complete" else Outcome("failed", reason=reason))
 
     # -- questions and stopping --------------------------------------------

@@ -31,6 +31,7 @@ STUCK_WAITING = {
     "InvalidImageName", "CreateContainerError",
 }  # fmt: skip
 RETRY_SECONDS = 1.0
+MAX_TERMINATION_MESSAGE = 1024  # of a container's termination message, kept per pod
 
 
 def job_finished(job: Obj) -> tuple[str, str] | None:
@@ -110,9 +111,37 @@ def slim_pod(pod: Obj) -> Obj:
                 {"state": {"waiting": (c.get("state") or {}).get("waiting")}}
                 for c in status.get("containerStatuses") or []
                 if (c.get("state") or {}).get("waiting")
+            ]
+            + [
+                {"state": {"terminated": _slim_terminated(c["state"]["terminated"])}}
+                for c in status.get("containerStatuses") or []
+                if isinstance((c.get("state") or {}).get("terminated"), dict)
             ],
         },
     }
+
+
+def _slim_terminated(terminated: Obj) -> Obj:
+    message = terminated.get("message")
+    return {
+        "exitCode": terminated.get("exitCode"),
+        "reason": terminated.get("reason"),
+        "message": str(message)[:MAX_TERMINATION_MESSAGE] if message else None,
+    }
+
+
+def failure_detail(pod: Obj) -> str | None:
+    """Why a pod's container failed, as its runtime reported it: the termination message
+    (the runner's own reason, or its log's tail) and the exit code; None if none failed."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        ended = (status.get("state") or {}).get("terminated") or {}
+        code = ended.get("exitCode")
+        if not isinstance(code, int) or code == 0:
+            continue
+        message = " ".join(str(ended.get("message") or "").split())  # one line
+        what = f"exit code {code}" + (f", {ended['reason']}" if ended.get("reason") else "")
+        return f"{message} ({what})" if message else what
+    return None
 
 
 def _name(obj: Obj) -> str:
@@ -348,6 +377,19 @@ class JobTracker:
     def current(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
             return self._jobs.get((namespace, name))
+
+    def failure_of(self, namespace: str, job: str) -> str | None:
+        """Why the Job's last failed pod failed (:func:`failure_detail`), if one did."""
+        with self._lock:
+            pods = [
+                self._pods.get((namespace, name))
+                for name in self._pods_of_job.get((namespace, job)) or ()
+            ]
+        for pod in pods:
+            detail = failure_detail(pod) if pod is not None else None
+            if detail:
+                return detail
+        return None
 
     def pods_of(self, namespace: str, job: str) -> list[str]:
         with self._lock:

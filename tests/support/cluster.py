@@ -657,7 +657,7 @@ def cri_log_line(text: str, stream: str = "stdout", at: dt.datetime | None = Non
 
 
 def finished_pod_status(
-    containers: Mapping[str, str], exit_code: int, *, started_at: str
+    containers: Mapping[str, str], exit_code: int, *, started_at: str, message: str = ""
 ) -> dict[str, Any]:
     """The pod status patch a kubelet would send when the pod's containers have exited.
 
@@ -672,6 +672,7 @@ def finished_pod_status(
         "reason": "Completed" if succeeded else "Error",
         "startedAt": started_at,
         "finishedAt": now,
+        **({"message": message} if message else {}),
     }
     return {
         "status": {

@@ -168,6 +168,13 @@ class JobDriver:
                 env.update(
                     {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
                 )
+        # The container's termination message file (terminationMessagePath), as the kubelet
+        # gives one: a file of the pod's, read into the status when the container ends.
+        termination = host / "termination-log"
+        host.mkdir(parents=True, exist_ok=True)
+        termination.write_text("")
+        path = container.termination_message_path or "/dev/termination-log"
+        env.update({key: str(termination) for key, value in env.items() if value == path})
         started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         work = mounts.get("/work", host)
         log_path = self.cluster.log_path(self.namespace, name, container.name)
@@ -197,7 +204,10 @@ class JobDriver:
         if self.on_exit is not None:
             self.on_exit(name, exit_code)
         status = finished_pod_status(
-            {container.name: container.image}, exit_code, started_at=started
+            {container.name: container.image},
+            exit_code,
+            started_at=started,
+            message=termination.read_text()[:4096],
         )
         self.core.patch_namespaced_pod_status(name, self.namespace, status)
         with self._lock:

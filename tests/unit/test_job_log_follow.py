@@ -17,7 +17,7 @@ from controller.adapters.liveplots import ReportedPlots, reported_dir
 from controller.domain.errors import ExternalError
 from controller.domain.k8sconfig import K8sConfig
 from controller.executors.kube_job import JobExecutor
-from controller.executors.kube_tracking import JobTracker
+from controller.executors.kube_tracking import JobTracker, failure_detail, slim_pod
 
 CURVE = b"step\tloss\n0\t1.0\n1\t0.5\n"
 
@@ -83,3 +83,36 @@ def test_a_log_read_once_after_the_job_is_cleaned_too(tmp_path: Path) -> None:
     assert log_path.read_bytes() == (
         b"[mlexp] log of pod pod-1:\n[mlexp] dvc repro\nepoch 0 done\nepoch 1 done\n"
     )
+
+
+def test_a_failed_pods_termination_message_and_exit_code_say_why() -> None:
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": "dvc repro exited with 255: ERROR: failed to reproduce"
+                            " 'boom': failed to run: python -c ..., exited with 3\n",
+                        }
+                    }
+                }
+            ]
+        }
+    }
+    detail = failure_detail(slim_pod(pod))
+    assert detail == (
+        "dvc repro exited with 255: ERROR: failed to reproduce 'boom': failed to run: "
+        "python -c ..., exited with 3 (exit code 1, Error)"
+    )
+    assert failure_detail(slim_pod({"status": {"containerStatuses": []}})) is None
+    done = {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    assert failure_detail(slim_pod({"status": {"containerStatuses": [done]}})) is None
+
+
+def test_a_failing_tool_says_its_last_error() -> None:
+    output = b"Running stage 'boom':\nfailing\nERROR: failed to reproduce 'boom': exited with 3\n"
+    assert runner.last_error(output) == "ERROR: failed to reproduce 'boom': exited with 3"
+    assert runner.last_error(b"all fine\n") == ""

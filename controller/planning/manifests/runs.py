@@ -167,6 +167,8 @@ def _runner_container(
         "env": [
             {"name": "DVC_NO_ANALYTICS", "value": "1"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # The runner writes why it failed there; the kubelet puts it in the pod status.
+            {"name": "MLEXP_TERMINATION_LOG", "value": "/dev/termination-log"},
         ],
         **env_from(secret_name),
         "resources": resource_requirements(resources),
