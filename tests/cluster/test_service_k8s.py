@@ -223,9 +223,13 @@ def test_job_runs_succeed_and_fail_with_reasons(
 
     failed = service.wait_run(bad, timeout=240)
     assert failed["state"] == "failed"
-    assert "BackoffLimitExceeded" in str(failed["reason"]) or "failed on every attempt" in str(
-        failed["reason"]
-    )
+    reason = str(failed["reason"])
+    assert "BackoffLimitExceeded" in reason or "failed on every attempt" in reason
+    # What the pod's status says: the runner's reason, with dvc's line naming the stage's
+    # exit code, and the container's.
+    assert "dvc repro exited with" in reason, reason
+    assert "exited with 3" in reason, reason
+    assert "(exit code 1, Error)" in reason, reason
     assert "stage is failing on purpose" in service.http.get(f"/runs/{bad}/logs").text
 
 
