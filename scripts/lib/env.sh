@@ -72,3 +72,24 @@ ensure_chromium() {
     echo "==> no chromium: the ui tier will be skipped (sudo apt-get install chromium)" >&2
   fi
 }
+
+# The images of the cluster tier (tests/cluster/test_images.py, built by scripts/build-images):
+# podman with the runc runtime, and debootstrap for the local base image. Installed with
+# apt-get when we are root; otherwise those tests are skipped with the reason (a failure
+# under CI=true).
+ensure_podman() {
+  if command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 &&
+     { command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ]; }; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing podman, runc and debootstrap (the image tests) with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >/dev/null 2>&1; } ||
+      true
+  fi
+  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+    echo "==> no podman/runc: the image tests will be skipped (sudo apt-get install podman runc debootstrap)" >&2
+  fi
+}
