@@ -21,8 +21,11 @@ from controller.logs import REQUEST_ID
 from controller.metrics import HTTP_REQUEST_DURATION
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Kubernetes' liveness and readiness probes and Prometheus' scrapes come by the pod's IP.
-PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# Kubernetes' liveness and readiness probes come by the pod's IP, as do Prometheus' scrapes
+# of /metrics (exempt only while it wants an admin's token: a page that rebinds a name to
+# the service has no token, but could read public or token-less metrics).
+PROBES = frozenset({"/healthz", "/readyz"})
+METRICS = "/metrics"
 
 
 class RequestId:
@@ -105,9 +108,10 @@ class BrowserSafety:
     """The rules of ``api.browser`` on every request, before the body is read.
 
     1. Host (400): refuses names the service is not configured for (DNS rebinding);
-       ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` are exempt, since Kubernetes
-       probes and Prometheus scrapes send the pod's IP (``/metrics`` still wants the admin
-       token unless ``metrics.public``).
+       ``GET /healthz`` and ``GET /readyz`` are exempt, since Kubernetes probes send the
+       pod's IP, and so is ``GET /metrics`` for Prometheus while it wants an admin's token
+       (not with ``metrics.public`` or without tokens: then nothing but the Host header
+       keeps a rebinding page from reading it).
     2. Origin (403): refuses state-changing requests from foreign pages (CSRF).
     3. CORS, only when ``allowed_origins`` is set and only for those origins: preflights
        are answered here, responses get ``Access-Control-Allow-Origin``; never credentials.
@@ -140,7 +144,10 @@ class BrowserSafety:
             elif name == b"access-control-request-method":
                 preflight = True
         method: str = scope["method"]
-        probe = method == "GET" and scope["path"] in PROBES
+        path = scope["path"]
+        probe = method == "GET" and (
+            path in PROBES or (path == METRICS and _metrics_guarded(scope))
+        )
         if not probe and (hosts > 1 or not policy.host_allowed(host, scope["http_version"])):
             await send_problem(scope, send, 400, "Host not allowed", HOST_REFUSED)
             return
@@ -232,6 +239,12 @@ class BodyLimit:
                 await _refuse(scope, send, max_bytes)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+def _metrics_guarded(scope: Scope) -> bool:
+    """Whether /metrics wants an admin's token (tokens configured, metrics not public)."""
+    settings = scope["app"].state.services.settings
+    return settings.tokens_file is not None and not settings.metrics.public
 
 
 class Standby:

@@ -154,6 +154,15 @@ def test_metrics_need_an_admin_unless_public(settings: Settings, tmp_path: Path)
         assert tenant.status_code == 403
         samples = scrape(http, Authorization="Bearer admin-0123456789abcdef")
         assert any(name == "mlexp_runs" for name, _ in samples)
+        # Prometheus scrapes a pod by its IP: with a token wanted, any Host will do.
+        by_ip = {"Host": "10.1.2.3:8080"}
+        assert http.get("/metrics", headers=by_ip).status_code == 401
+        assert (
+            http.get(
+                "/metrics", headers={**by_ip, "Authorization": "Bearer admin-0123456789abcdef"}
+            ).status_code
+            == 200
+        )
         # For Prometheus, not API clients: not in the OpenAPI document (nor fuzzed).
         document = http.get("/openapi.json").json()
         assert "/metrics" not in document["paths"]
