@@ -4,10 +4,15 @@ kwok nodes) per test session, and a fresh namespace per test.
 Every test under tests/cluster/ is marked `cluster`. The binaries are built once into a cache
 (scripts/build-k8s). Missing prerequisites (no Go, a failed build, no openssl) skip the tier on
 a laptop and fail it under CI=true; a cluster that does not start is always a failure.
+
+`real_node` adds a kubelet node that runs real containers (tests/support/realnode.py) beside
+the kwok nodes, with the workload image in its containerd; a machine that cannot run it (not
+root, no containerd/runc/podman) skips those tests on a laptop and fails them under CI=true.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +21,15 @@ import pytest
 from kubernetes import client, config
 
 from tests.support.cluster import Cluster, ClusterError, build_binaries
+from tests.support.images import Images, build_images
 from tests.support.jobdriver import JobDriver
 from tests.support.prereqs import require, require_tools
+from tests.support.realnode import (
+    RealNode,
+    RealNodeError,
+    RealNodeUnavailable,
+    ensure_prerequisites,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,3 +87,52 @@ def driver(
     """Job pods on kwok nodes executed on the host (tests/support/jobdriver.py)."""
     with JobDriver(k8s_cluster, k8s_api, namespace, tmp_path / "job-pods") as running:
         yield running
+
+
+def _announce(request: pytest.FixtureRequest, line: str) -> None:
+    """A line on the terminal even when output is captured (timings of session fixtures)."""
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def real_node_images() -> Images:
+    """The project's images (scripts/build-images, built or reused), for the real node."""
+    try:
+        ensure_prerequisites()  # installs containerd/runc/CNI plugins with apt-get as root
+    except RealNodeUnavailable as exc:
+        require(False, f"this machine cannot run a real node: {exc}")
+    return build_images()
+
+
+@pytest.fixture(scope="session")
+def real_node(
+    request: pytest.FixtureRequest, k8s_cluster: Cluster, real_node_images: Images
+) -> Iterator[RealNode]:
+    """A kubelet node (`realnode`) running real containers, the workload image imported.
+
+    Its pods need `tests.support.realnode.pod_placement()` (nodeSelector, toleration,
+    hostNetwork) and `imagePullPolicy: Never`; other images go in with `import_images`.
+    Stopping it checks that no shim, mount or container is left (an error at teardown).
+    """
+    started = time.monotonic()
+    try:
+        node = RealNode.start(
+            k8s_cluster,
+            images=[real_node_images.workload],
+            containers_conf=real_node_images.containers_conf,
+        )
+    except RealNodeUnavailable as exc:
+        require(False, f"this machine cannot run a real node: {exc}")
+        raise
+    except RealNodeError as exc:
+        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
+    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in node.timings.items())
+    _announce(request, f"\nreal node Ready in {time.monotonic() - started:.1f}s ({steps})")
+    yield node
+    started = time.monotonic()
+    node.stop()
+    _announce(request, f"\nreal node stopped in {time.monotonic() - started:.1f}s")
