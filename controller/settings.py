@@ -23,6 +23,12 @@ class LocalSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = Field(
+        default=True,
+        description="false: the service runs no pipeline on its own machine (resource: "
+        "local is refused with 422) and needs no sandbox -- an install in a cluster, where "
+        "runs go to pods. Needs Kubernetes configured.",
+    )
     isolation: Literal["sandbox", "none"] = Field(
         default="sandbox",
         description="sandbox: each run in its own bubblewrap sandbox (sees only its work dir, "

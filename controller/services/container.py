@@ -178,7 +178,8 @@ def preflight(settings: Settings) -> None:
         tokens = TokenRegistry.from_file(settings.tokens_file) if settings.tokens_file else None
     except (OSError, ValueError) as exc:
         raise StartupError(f"tokens file: {exc}") from None
-    local_executor(settings, tokens)
+    if settings.local.enabled:
+        local_executor(settings, tokens)
 
 
 def build_services(settings: Settings) -> Services:
@@ -191,7 +192,14 @@ def build_services(settings: Settings) -> Services:
         settings, store, secrets, profile="local" if k8s is None else "kubernetes"
     )
     tokens = TokenRegistry.from_file(settings.tokens_file) if settings.tokens_file else None
-    executors: dict[str, Executor] = {"local": local_executor(settings, tokens)}
+    executors: dict[str, Executor] = {}
+    if settings.local.enabled:
+        executors["local"] = local_executor(settings, tokens)
+    elif k8s is None:
+        raise StartupError(
+            "local.enabled: false leaves nothing to run pipelines on: configure Kubernetes "
+            f"({settings.k8s_config_file}) or enable local runs"
+        )
     if k8s is None:
         runs = RunService(settings, store, experiments, executors)
         return Services(settings, store, experiments, runs, tokens)
@@ -223,7 +231,9 @@ def build_services(settings: Settings) -> Services:
         built.fence = DispatchFence(
             kube,
             lease,
-            identity(socket.gethostname()),
+            # The pod's name (the chart sets it from the downward API): with hostNetwork the
+            # host name is the node's.
+            identity(os.environ.get("MLEXP_POD_NAME") or socket.gethostname()),
             on_acquired=built.activate,
             on_lost=_terminate,
         )

@@ -258,7 +258,10 @@ class RunService:
             self._cleanup(executor, handle)
 
     def _executor_for(self, run: Run) -> Executor:
-        return self.executors[EXECUTOR_OF[run.resource.split("/", 1)[0]]]
+        kind = EXECUTOR_OF[run.resource.split("/", 1)[0]]
+        if kind not in self.executors:  # recorded before local runs were disabled
+            raise InvalidInput(f"{kind} runs are disabled on this service")
+        return self.executors[kind]
 
     # -- use cases ---------------------------------------------------------
 
@@ -266,6 +269,11 @@ class RunService:
         experiment = self.experiments.get(principal, request.experiment_id)
         resource = parse_resource(request.resource)
         namespace = request.namespace
+        if resource.kind == "local" and "local" not in self.executors:
+            raise InvalidInput(
+                "local runs are disabled on this service (local.enabled: false): run on "
+                "Kubernetes with resource job, sts/<name> or deploy/<name>"
+            )
         if resource.kind != "local":
             namespace = self._check_kubernetes(
                 principal, experiment.experiment_id, namespace, resource

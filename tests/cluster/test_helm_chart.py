@@ -302,6 +302,97 @@ def test_service_monitor_only_when_enabled_and_with_a_token(helm: Path) -> None:
         )
 
 
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdGVzdA==\n-----END CERTIFICATE-----\n"
+
+
+def test_host_network_port_env_and_private_cas_render_into_the_pod_and_settings(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = {
+        "hostNetwork": True,
+        "containerPort": 18080,
+        "extraEnv": [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+        ],
+        "gitCA": CA_PEM,
+        "s3CA": CA_PEM + CA_PEM,
+        "nodeSelector": {"mlexp.io/real-node": "true"},
+        "tolerations": [{"key": "mlexp.io/real-node", "operator": "Exists"}],
+        "server": {"egress": {"allowed_networks": ["127.0.0.0/8"]}},
+        "persistence": {**PERSISTENCE, "enabled": False},
+    }
+    objs = objects(render(helm, values))
+
+    assert "PersistentVolumeClaim" not in _kinds(objs)
+    pod = _one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert pod["nodeSelector"] == {"mlexp.io/real-node": "true"}
+    assert pod["tolerations"] == values["tolerations"]
+    (container,) = pod["containers"]
+    assert container["ports"][0]["containerPort"] == 18080
+    assert container["env"] == [
+        {"name": "MLEXP_CONFIG_FILE", "value": "/etc/mlexp/config/server.yaml"},
+        {"name": "MLEXP_PORT", "value": "18080"},  # the image's own MLEXP_PORT would win
+        {"name": "MLEXP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *values["extraEnv"],
+    ]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/mlexp/ca"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert volumes[mounts["/etc/mlexp/ca"]["name"]]["configMap"]["name"] == "mlexp-mlexp-ctrl-ca"
+    (ca_map,) = [o for o in objs if o["metadata"]["name"] == "mlexp-mlexp-ctrl-ca"]
+    assert ca_map["kind"] == "ConfigMap"
+    assert ca_map["metadata"]["namespace"] == "mlexp-system"
+    assert ca_map["data"] == {"git-ca.pem": CA_PEM, "s3-ca.pem": CA_PEM + CA_PEM}
+
+    # The service's own loader: the port, the mounted CA paths and the egress pass through.
+    (config_map,) = [
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlexp-mlexp-ctrl"
+    ]
+    (tmp_path / "server.yaml").write_text(config_map["data"]["server.yaml"])
+    settings = Settings(config_file=tmp_path / "server.yaml")
+    assert settings.port == 18080
+    assert settings.git_ca_bundle == Path("/etc/mlexp/ca/git-ca.pem")
+    assert settings.storage.ca_bundle == Path("/etc/mlexp/ca/s3-ca.pem")
+    assert settings.egress.allowed_networks == ["127.0.0.0/8"]
+
+
+def test_defaults_have_no_host_network_no_ca_and_port_8080(helm: Path) -> None:
+    objs = objects(render(helm))
+    pod = _one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert "hostNetwork" not in pod
+    assert "dnsPolicy" not in pod
+    assert pod["containers"][0]["ports"][0]["containerPort"] == 8080
+    server = _config(objs, "server.yaml")
+    assert "git_ca_bundle" not in server
+    assert "storage" not in server
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"] == ["mlexp-mlexp-ctrl"]
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"gitCA": "not a certificate"}, "gitCA"),
+        ({"s3CA": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"}, "s3CA"),
+        ({"containerPort": 70000}, "containerPort"),
+        ({"hostNetwork": "yes"}, "hostNetwork"),
+        ({"extraEnv": [{"value": "x"}]}, "extraEnv"),
+        ({"extraEnv": [{"name": "A", "valu": "typo"}]}, "extraEnv"),
+    ],
+    ids=["git-ca-not-pem", "s3-ca-a-key", "port", "host-network", "env-without-name",
+         "env-typo"],
+)  # fmt: skip
+def test_values_schema_refuses_bad_new_values(
+    helm: Path, values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(HelmError) as refused:
+        render(helm, values)
+    assert "values don't meet the specifications of the schema" in str(refused.value)
+    assert complaint in str(refused.value)
+
+
 # --- on the cluster -----------------------------------------------------------------------
 
 

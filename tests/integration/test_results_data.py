@@ -167,7 +167,7 @@ def test_a_run_that_did_not_succeed_has_no_plots(
     assert run["state"] == "failed"
     response = a.get(f"/runs/{run['run_id']}/plots")
     assert response.status_code == 200
-    assert response.json() == {"run_id": run["run_id"], "plots": []}
+    assert response.json() == {"run_id": run["run_id"], "plots": [], "live": False}
 
 
 SCORE_PY = b"""\

@@ -63,6 +63,7 @@ mlexp-ctrl
 
 {{- define "mlexp-ctrl.configDir" -}}/etc/mlexp/config{{- end -}}
 {{- define "mlexp-ctrl.tokensDir" -}}/etc/mlexp/tokens{{- end -}}
+{{- define "mlexp-ctrl.caDir" -}}/etc/mlexp/ca{{- end -}}
 
 {{/* server.yaml: the user's settings, then the chart's (paths, host, port) on top. */}}
 {{- define "mlexp-ctrl.serverYaml" -}}
@@ -72,11 +73,17 @@ mlexp-ctrl
 {{- $chart := dict
     "data_dir" "/data"
     "host" "0.0.0.0"
-    "port" 8080
+    "port" (int .Values.containerPort)
     "k8s_config_file" (printf "%s/k8s-config.yaml" (include "mlexp-ctrl.configDir" .))
     "tokens_file" (printf "%s/tokens.yaml" (include "mlexp-ctrl.tokensDir" .))
     "allowed_hosts" (concat $hosts .Values.allowedHosts | uniq)
 -}}
+{{- if .Values.gitCA -}}
+{{- $_ := set $chart "git_ca_bundle" (printf "%s/git-ca.pem" (include "mlexp-ctrl.caDir" .)) -}}
+{{- end -}}
+{{- if .Values.s3CA -}}
+{{- $_ := set $chart "storage" (dict "ca_bundle" (printf "%s/s3-ca.pem" (include "mlexp-ctrl.caDir" .))) -}}
+{{- end -}}
 {{- toYaml (mergeOverwrite (deepCopy .Values.server) $chart) -}}
 {{- end -}}
 
