@@ -110,12 +110,15 @@ def test_a_job_runs_curve_is_reported_through_its_log(
     experiment = create(service.http, curve_parts(git_server, s3_server))
     run_id = run_on(service, experiment["experiment_id"], "job", namespace, params=PARAMS)
     core = client.CoreV1Api(k8s_api)
-    (pod,) = wait_for(
-        lambda: (
-            core.list_namespaced_pod(namespace, label_selector=f"mlexp.io/run-id={run_id}").items
-        ),
+    selector = f"mlexp.io/run-id={run_id}"
+    (pod,) = wait_for(  # once scheduled: a pod is listed before it is bound to a node
+        lambda: [
+            p
+            for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if p.spec.node_name
+        ],
         120,
-        what="the run's pod",
+        what="the run's pod on a node",
     )
     assert pod.spec.node_name == real_node.name
     watch_the_curve_grow(service, run_id)
