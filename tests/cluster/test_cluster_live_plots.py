@@ -23,7 +23,13 @@ from kubernetes import client
 from controller.settings import Settings
 from tests.cluster.test_real_node_runs import real_settings  # noqa: F401
 from tests.cluster.test_service_k8s import remote_repo, run_on
-from tests.support.bundles import create, provision_ready, small_parts, template_parts
+from tests.support.bundles import (
+    create,
+    plot_row_count,
+    provision_ready,
+    small_parts,
+    template_parts,
+)
 from tests.support.gitserver import GitHttpServer
 from tests.support.s3server import S3Server
 from tests.support.service import RunningService, service_in_thread
@@ -64,17 +70,9 @@ def curve_parts(git: GitHttpServer, s3: S3Server) -> list[tuple[str, tuple[str, 
     return [("repo_json", ("repo.json", repo)) if k == "repo_json" else (k, v) for k, v in parts]
 
 
-def curve_rows(service: RunningService, run_id: str) -> tuple[int, bool]:
-    response = service.http.get(f"/runs/{run_id}/plots")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    rows = [len(plot["data"][CURVE]["rows"]) for plot in body["plots"] if CURVE in plot["data"]]
-    return (rows[0] if rows else 0), body["live"]
-
-
 def watch_the_curve_grow(service: RunningService, run_id: str) -> None:
     first = wait_for(
-        lambda: (seen := curve_rows(service, run_id))[0] >= 1 and seen,
+        lambda: (seen := plot_row_count(service.http, run_id, CURVE))[0] >= 1 and seen,
         240,
         what="the first reported rows of the curve",
         max_interval=0.3,
@@ -82,7 +80,7 @@ def watch_the_curve_grow(service: RunningService, run_id: str) -> None:
     assert first[1] is True
     assert first[0] < EPOCHS
     second = wait_for(
-        lambda: (seen := curve_rows(service, run_id))[0] > first[0] and seen,
+        lambda: (seen := plot_row_count(service.http, run_id, CURVE))[0] > first[0] and seen,
         60,
         what="more reported rows of the curve",
         max_interval=0.3,
@@ -92,7 +90,7 @@ def watch_the_curve_grow(service: RunningService, run_id: str) -> None:
     run = service.wait_run(run_id, timeout=300)
     log = service.http.get(f"/runs/{run_id}/logs").text
     assert run["state"] == "succeeded", log
-    assert curve_rows(service, run_id) == (EPOCHS, False)  # the commit's rows
+    assert plot_row_count(service.http, run_id, CURVE) == (EPOCHS, False)  # the commit's rows
     assert "@mlexp-plot" not in log
     assert "\x1e" not in log
     assert "dvc repro" in log

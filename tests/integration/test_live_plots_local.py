@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bundles import create, small_parts, start, template_parts
+from tests.support.bundles import create, plot_row_count, small_parts, start, template_parts
 from tests.support.service import RunningService
 from tests.support.waiting import wait_for
 
@@ -43,14 +43,6 @@ plots:
 """
 
 
-def curve_rows(service: RunningService, run_id: str) -> tuple[int, bool]:
-    response = service.http.get(f"/runs/{run_id}/plots")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    rows = [len(plot["data"][CURVE]["rows"]) for plot in body["plots"] if CURVE in plot["data"]]
-    return (rows[0] if rows else 0), body["live"]
-
-
 def test_a_training_curve_grows_while_its_run_runs(service: RunningService) -> None:
     experiment = create(service.http, template_parts("training-curve"))
     run_id = start(
@@ -59,7 +51,7 @@ def test_a_training_curve_grows_while_its_run_runs(service: RunningService) -> N
         **{"train.epochs": EPOCHS, "train.epoch_pause_seconds": 0.5},
     )
     first = wait_for(
-        lambda: (seen := curve_rows(service, run_id))[0] >= 2 and seen,
+        lambda: (seen := plot_row_count(service.http, run_id, CURVE))[0] >= 2 and seen,
         180,
         what="the first rows of the curve",
         max_interval=0.2,
@@ -67,7 +59,7 @@ def test_a_training_curve_grows_while_its_run_runs(service: RunningService) -> N
     assert first[1] is True  # live
     assert first[0] < EPOCHS
     second = wait_for(
-        lambda: (seen := curve_rows(service, run_id))[0] > first[0] and seen,
+        lambda: (seen := plot_row_count(service.http, run_id, CURVE))[0] > first[0] and seen,
         60,
         what="more rows of the curve",
         max_interval=0.2,
@@ -76,7 +68,8 @@ def test_a_training_curve_grows_while_its_run_runs(service: RunningService) -> N
     assert service.http.get(f"/runs/{run_id}").json()["state"] == "running"
 
     assert service.wait_run(run_id)["state"] == "succeeded"
-    assert curve_rows(service, run_id) == (EPOCHS, False)  # the commit's rows, one per epoch
+    # The commit's rows, one per epoch.
+    assert plot_row_count(service.http, run_id, CURVE) == (EPOCHS, False)
 
 
 def test_symlinks_a_stage_plants_are_not_followed(service: RunningService, tmp_path: Path) -> None:

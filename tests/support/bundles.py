@@ -154,3 +154,13 @@ def wait_for_stage(http: httpx.Client, run_id: str, timeout: float = 120) -> Non
         timeout,
         what=f"run {run_id} to reach dvc repro",
     )
+
+
+def plot_row_count(http: httpx.Client, run_id: str, path: str) -> tuple[int, bool]:
+    """How many rows ``GET /runs/{id}/plots`` has of the plot file ``path`` (0 while it has
+    none), and whether they are live (read while the run runs)."""
+    response = http.get(f"/runs/{run_id}/plots")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    rows = [len(plot["data"][path]["rows"]) for plot in body["plots"] if path in plot["data"]]
+    return (rows[0] if rows else 0), body["live"]

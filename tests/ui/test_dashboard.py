@@ -29,7 +29,7 @@ from controller.settings import Settings, load_settings
 from tests.support.bundles import create, small_parts, start, template_parts
 from tests.support.prereqs import require, require_tools
 from tests.support.service import RunningService, service_in_thread, service_process
-from tests.support.uiseed import seed_experiment
+from tests.support.uiseed import SEED_DVC, seed_experiment
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ui
@@ -37,23 +37,7 @@ pytestmark = pytest.mark.ui
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 TIMEOUT_MS = 30_000
 # A metric, a param that differs, a plot (a curve over steps) and an artifact to register.
-CURVE_DVC = """\
-stages:
-  train:
-    cmd: >-
-      python -c "import yaml, json; p = yaml.safe_load(open('params.yaml')); x = p['x'];
-      json.dump({'score': x * x, 'x': x}, open('m.json', 'w'));
-      json.dump([{'step': i, 'loss': 1.0 / (i + x)} for i in range(10)], open('curve.json', 'w'))"
-    params: [x]
-    metrics:
-      - m.json: {cache: false}
-    plots:
-      - curve.json: {cache: false, x: step, y: loss}
-artifacts:
-  x-model:
-    path: m.json
-    type: model
-"""
+CURVE_DVC = SEED_DVC
 # Prints a line, waits for ../gate (in the run's work dir, which its sandbox sees), prints more.
 CHATTY_GATED_DVC = """\
 stages:
